@@ -1,0 +1,133 @@
+"""The configuration schema shared by every experiment.
+
+`base_config()` declares every key the trainer, optimiser and objectives
+read, with defaults. Experiment files in configs/ start from it, set what
+they change, and return it locked: an override that names a key that does
+not exist (`--config.optim.lrr=0.1`) fails instead of being ignored.
+Dataset-specific and model-specific keys live in `config.data` and
+`config.model`, whose fields are passed to the dataset / model factory as
+keyword arguments, so an unknown one fails there with the factory's name.
+"""
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def base_config() -> ConfigDict:
+  c = ConfigDict()
+  c.seed = 0
+  c.objective = "supervised"
+
+  # Data: `name` picks the dataset factory; the other fields are its kwargs,
+  # except the pipeline fields below, which the pipeline reads.
+  c.data = ConfigDict()
+  c.data.name = "eolearn_sample"
+
+  c.input = ConfigDict()
+  c.input.batch_size = 64          # global batch, split over all devices/hosts
+  c.input.eval_batch_size = 0      # 0 -> same as batch_size
+  c.input.image_size = 0           # 0 -> the dataset's native size
+  c.input.shuffle_buffer = 0       # unused by index-based Grain shuffling; kept 0
+  c.input.worker_count = 0         # Grain worker processes
+  c.input.prefetch = 2             # batches buffered ahead of the trainer
+  c.input.augment = ConfigDict()
+  c.input.augment.random_resized_crop = False
+  c.input.augment.crop_scale = (0.5, 1.0)
+  c.input.augment.crop_ratio = (0.75, 1.3333333)
+  c.input.augment.flips = True
+  c.input.augment.rot90 = True
+
+  c.model = ConfigDict()
+  c.model.name = "resnet18"
+
+  # Supervised losses.
+  c.loss = ConfigDict()
+  c.loss.label_smoothing = 0.0
+  c.loss.focal_gamma = 0.0          # > 0 switches cross-entropy to focal loss
+  c.loss.class_weights = ()         # () -> unweighted
+
+  c.optim = ConfigDict()
+  c.optim.name = "adamw"            # sgd | adam | adamw | adadelta
+  c.optim.lr = 1e-3
+  c.optim.momentum = 0.9            # sgd
+  c.optim.nesterov = False          # sgd
+  c.optim.b1 = 0.9                  # adam(w)
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.rho = 0.9                 # adadelta
+  c.optim.weight_decay = 1e-4
+  c.optim.decay_norms_and_biases = False
+  c.optim.schedule = "cosine"       # constant | cosine | polynomial | step
+  c.optim.warmup_epochs = 0.0
+  c.optim.end_lr_factor = 0.0       # cosine / polynomial end value, x lr
+  c.optim.power = 1.0               # polynomial
+  c.optim.step_every_epochs = 7.0   # step: lr x step_factor every N epochs
+  c.optim.step_factor = 0.1
+  c.optim.grad_clip_norm = 0.0      # 0 -> no clipping
+  c.optim.layer_decay = 0.0         # 0 -> off; e.g. 0.65 for ViT fine-tuning
+  # Parameter groups: tuples of (regex on 'a/b/c' parameter paths, lr multiplier).
+  # The first matching group wins; lr multiplier 0 freezes the group.
+  c.optim.groups = ()
+  c.optim.frozen = ()               # regexes of parameters that never change
+
+  c.train = ConfigDict()
+  c.train.epochs = 10.0
+  c.train.steps = 0                 # > 0 overrides epochs
+  c.train.log_every_steps = 10
+  c.train.eval_every_steps = 0      # 0 -> once per epoch
+  c.train.checkpoint_every_steps = 0  # 0 -> at every eval
+  c.train.keep_checkpoints = 3
+  c.train.progress_bar = True
+  c.train.eval_splits = ("val",)
+  c.train.final_eval_splits = ("test",)
+  c.train.early_stopping = ConfigDict()
+  c.train.early_stopping.metric = ""   # e.g. 'val/loss', 'val/macro_f1'; '' -> off
+  c.train.early_stopping.mode = "auto"  # min | max | auto (loss -> min)
+  c.train.early_stopping.min_delta = 0.0
+  c.train.early_stopping.patience = 5   # evaluations without improvement
+
+  c.init_from = ConfigDict()
+  c.init_from.workdir = ""          # a run's workdir to take the encoder from
+  # Regexes over '/'-joined parameter paths to copy; () -> everything but `head/`.
+  c.init_from.params = ()
+  # Subtree of the source run's params that holds the encoder, e.g. 'encoder'
+  # for MAE runs or 'student/backbone' for DINO runs; '' -> the whole tree.
+  c.init_from.source_prefix = ""
+  c.init_from.step = 0              # 0 -> the latest checkpoint
+  return c
+
+
+def _literal(text: str) -> Any:
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
+  """Parses a config-file argument like 'variant=S/8,runlocal=True'.
+
+  Only keys present in `defaults` are accepted; values are Python literals
+  where they parse as one and strings otherwise.
+  """
+  out = ConfigDict(dict(defaults))
+  if not arg:
+    return out
+  for item in arg.split(","):
+    if not item.strip():
+      continue
+    if "=" not in item:
+      key, value = item.strip(), True
+    else:
+      key, text = item.split("=", 1)
+      key, value = key.strip(), _literal(text.strip())
+    if key not in defaults:
+      raise KeyError(f"Unknown config argument {key!r}; this config takes "
+                     f"{sorted(defaults)}.")
+    out[key] = value
+  return out

@@ -1,0 +1,135 @@
+"""The dataset contract.
+
+A dataset factory takes `config.data` and returns a `Dataset`: what the data
+is (`DatasetInfo`: bands, classes, task) and one random-access source per
+split. A source is anything with `__len__` and `__getitem__(i)` returning a
+dict of numpy arrays in the dataset's raw units:
+
+  classification: {'image': (H, W, C) float32, 'label': () int32}
+  segmentation:   {'image': (H, W, C) float32, 'mask': (H, W) int32}
+  unlabelled:     {'image': (H, W, C) float32}
+
+Normalisation with the training split's per-band statistics, augmentation and
+batching happen later, in `data/pipeline.py`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from eo_jax.data.bands import Band
+from eo_jax.registry import Registry
+
+CLASSIFICATION = "classification"
+SEGMENTATION = "segmentation"
+UNLABELLED = "unlabelled"
+
+
+class Source(Protocol):
+  def __len__(self) -> int: ...
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """Static description of a dataset after band selection."""
+  name: str
+  bands: tuple[Band, ...]
+  class_names: tuple[str, ...] = ()
+  task: str = CLASSIFICATION
+  ignore_index: int | None = None
+  image_size: tuple[int, int] | None = None
+  rgb_bands: tuple[str, ...] = ()  # band names to render as R, G, B
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def num_bands(self) -> int:
+    return len(self.bands)
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["bands"] = [b.to_dict() for b in self.bands]
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "DatasetInfo":
+    d = dict(d)
+    d["bands"] = tuple(Band.from_dict(b) for b in d["bands"])
+    for key in ("class_names", "rgb_bands"):
+      d[key] = tuple(d.get(key, ()))
+    if d.get("image_size") is not None:
+      d["image_size"] = tuple(d["image_size"])
+    return cls(**d)
+
+
+@dataclasses.dataclass
+class Dataset:
+  info: DatasetInfo
+  splits: dict[str, Source]
+
+  def split(self, name: str) -> Source:
+    if name not in self.splits:
+      raise KeyError(f"Dataset {self.info.name!r} has no split {name!r}; "
+                     f"it has {sorted(self.splits)}.")
+    source = self.splits[name]
+    if len(source) == 0:
+      raise ValueError(f"Split {name!r} of dataset {self.info.name!r} is empty. "
+                       "Check the data path and the split fractions in config.data.")
+    return source
+
+
+DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
+
+
+class MissingDataError(FileNotFoundError):
+  """Raised when a dataset is not on disk; the message says where to get it."""
+
+
+def missing_data(name: str, path: Any, url: str, config_key: str,
+                 layout: str) -> MissingDataError:
+  return MissingDataError(
+      f"{name} not found at {path!s}.\n"
+      f"  Download it from {url}\n"
+      f"  and set {config_key}=/path/to/it. Expected layout: {layout}")
+
+
+class ArraySource:
+  """A source over in-memory arrays (one entry per example)."""
+
+  def __init__(self, **arrays: np.ndarray):
+    lengths = {len(v) for v in arrays.values()}
+    if len(lengths) != 1:
+      raise ValueError(f"Arrays of different lengths: { {k: len(v) for k, v in arrays.items()} }")
+    self._arrays = arrays
+
+  def __len__(self) -> int:
+    return len(next(iter(self._arrays.values())))
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {k: v[index] for k, v in self._arrays.items()}
+
+
+def stratified_split(labels: Sequence[int], fractions: Sequence[float],
+                     seed: int) -> list[np.ndarray]:
+  """Deterministic stratified split of example indices.
+
+  Each class's examples are shuffled with `seed` and cut at the cumulative
+  `fractions`, so every split keeps the class proportions (up to rounding).
+  """
+  labels = np.asarray(labels)
+  if not np.isclose(sum(fractions), 1.0):
+    raise ValueError(f"Split fractions must sum to 1, got {list(fractions)}.")
+  rng = np.random.default_rng(seed)
+  parts: list[list[np.ndarray]] = [[] for _ in fractions]
+  for c in np.unique(labels):
+    idx = np.flatnonzero(labels == c)
+    idx = idx[rng.permutation(len(idx))]
+    cuts = np.round(np.cumsum(fractions)[:-1] * len(idx)).astype(int)
+    for part, chunk in zip(parts, np.split(idx, cuts)):
+      part.append(chunk)
+  return [np.sort(np.concatenate(p)) if p else np.zeros((0,), int) for p in parts]

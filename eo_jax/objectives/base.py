@@ -1,0 +1,107 @@
+"""The objective interface shared by every training objective.
+
+The trainer knows nothing about what it trains. An objective owns its
+modules (model, decoder, teacher, heads) and tells the trainer:
+
+* `init(rng, batch)` -> `Variables(params, model_state, extra)`: trainable
+  parameters, non-trainable model collections (e.g. BatchNorm statistics) and
+  objective state the optimiser never touches (teacher parameters, centres).
+* `loss(params, state, batch, rng)` -> `(loss, StepOutput)`: differentiated
+  with respect to `params` only; `StepOutput` carries scalar metrics and the
+  new model state / extra state.
+* `after_update(state)` -> new `extra` once the optimiser has stepped (EMA
+  teachers live here). Default: unchanged.
+* `eval_step(state, batch)` -> dict of per-example arrays (leading axis = batch)
+  that `evaluator(split)` accumulates exactly over a whole split on the host.
+* `visualize(state, batch, workdir, step)` writes PNGs at eval time (optional).
+
+Objectives register with `@OBJECTIVES.register('name')`; the factory is
+called as `factory(config, info)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Protocol
+
+import flax
+import jax
+import ml_collections
+
+from eo_jax.data.datasets.base import DatasetInfo
+from eo_jax.registry import Registry
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: PyTree
+  model_state: PyTree
+  opt_state: PyTree
+  extra: PyTree
+
+
+@dataclasses.dataclass
+class Variables:
+  params: PyTree
+  model_state: PyTree = dataclasses.field(default_factory=dict)
+  extra: PyTree = dataclasses.field(default_factory=dict)
+
+
+@flax.struct.dataclass
+class StepOutput:
+  metrics: dict[str, jax.Array]
+  model_state: PyTree
+  extra: PyTree
+
+
+class Evaluator(Protocol):
+  """Accumulates per-example eval outputs on the host, then summarises."""
+
+  def update(self, outputs: Mapping[str, Any]) -> None: ...
+
+  def result(self) -> dict[str, Any]:
+    """Scalars (written to the metric writers) and arrays (plotted)."""
+    ...
+
+
+class Objective:
+  """Base class; see the module docstring for the contract."""
+
+  #: Metric the trainer uses as "the" validation score by default.
+  main_metric: str = "loss"
+
+  def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo):
+    self.config = config
+    self.info = info
+
+  def init(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> Variables:
+    raise NotImplementedError
+
+  def loss(self, params: PyTree, state: TrainState,
+           batch: Mapping[str, jax.Array], rng: jax.Array
+           ) -> tuple[jax.Array, StepOutput]:
+    raise NotImplementedError
+
+  def after_update(self, state: TrainState) -> PyTree:
+    return state.extra
+
+  def eval_step(self, state: TrainState,
+                batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    raise NotImplementedError
+
+  def evaluator(self, split: str) -> Evaluator:
+    raise NotImplementedError
+
+  def visualize(self, state: TrainState, batch: Mapping[str, Any],
+                workdir: str, step: int) -> list[str]:
+    """Writes PNGs for a human; returns their paths."""
+    del state, batch, workdir, step
+    return []
+
+  def epoch_hook(self, epoch: float) -> None:
+    """Called by the trainer on the host; for schedules driven by epochs."""
+
+
+OBJECTIVES: Registry[Callable[..., Objective]] = Registry("objective")

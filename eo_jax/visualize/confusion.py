@@ -1,0 +1,78 @@
+"""Confusion-matrix plot: counts in the cells, colours normalised per row.
+
+Row normalisation shows recall per class independently of class frequency,
+which matters for imbalanced EO datasets; the counts keep the absolute sizes
+visible.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from eo_jax.visualize.curves import save_figure
+
+
+def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str],
+                          path: str | os.PathLike, normalize: bool = True,
+                          title: str | None = None) -> str:
+  """Saves a PNG of `cm` (rows = true class, columns = predicted class).
+
+  Args:
+    cm: (K, K) counts.
+    class_names: K names for the axes.
+    path: output PNG file.
+    normalize: colour each cell by its share of the row (recall); otherwise
+      by the raw count. Cells always show counts, plus the row share when
+      normalising and K <= 15.
+    title: figure title.
+
+  Returns:
+    `path` as a string.
+  """
+  cm = np.asarray(cm)
+  if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+    raise ValueError(f"Expected a square (K, K) confusion matrix, got {cm.shape}.")
+  k = cm.shape[0]
+  if len(class_names) != k:
+    raise ValueError(f"Got {len(class_names)} class names for a {k}x{k} "
+                     "confusion matrix.")
+  row_sums = cm.sum(axis=1, keepdims=True)
+  if normalize:
+    colour = np.divide(cm, row_sums, out=np.zeros(cm.shape, float),
+                       where=row_sums > 0)
+    vmax = 1.0
+  else:
+    colour = cm.astype(float)
+    vmax = max(colour.max(), 1.0)
+
+  side = min(max(4.0, 0.55 * k + 2.5), 30.0)
+  fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+  ax = fig.subplots()
+  image = ax.imshow(colour, cmap="Blues", vmin=0.0, vmax=vmax)
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
+               label="fraction of true class" if normalize else "count")
+  ticks = np.arange(k)
+  ax.set_xticks(ticks, labels=list(class_names), rotation=45, ha="right",
+                rotation_mode="anchor")
+  ax.set_yticks(ticks, labels=list(class_names))
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  if title:
+    ax.set_title(title)
+
+  if k <= 40:
+    fontsize = 9 if k <= 10 else 7 if k <= 20 else 5
+    show_share = normalize and k <= 15
+    for i in range(k):
+      for j in range(k):
+        text = (f"{cm[i, j]:d}" if np.issubdtype(cm.dtype, np.integer)
+                else f"{cm[i, j]:.3g}")
+        if show_share and row_sums[i, 0] > 0:
+          text += f"\n{colour[i, j]:.0%}"
+        # Dark cells get white text so the number stays readable.
+        ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
+                color="white" if colour[i, j] > 0.6 * vmax else "black")
+  return save_figure(fig, path)

@@ -1,0 +1,140 @@
+"""Tests for eo_jax.models.layers: the im2col Conv must equal nn.Conv."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eo_jax.models import layers
+
+
+@pytest.fixture(autouse=True)
+def _quick_rng_compile():
+  # XLA CPU compiles jax 0.10's default (partitionable) threefry several
+  # times slower; which random stream initialises the weights is irrelevant
+  # to these tests.
+  with jax.threefry_partitionable(False):
+    yield
+
+
+def _both(x, **conv_kwargs):
+  """Outputs and input/param gradients of nn.Conv and layers.Conv."""
+  ref = nn.Conv(**conv_kwargs)
+  # A large threshold forces the im2col path for every shape tested here.
+  ours = layers.Conv(**conv_kwargs, im2col_max_size=64)
+  variables = ref.init(jax.random.key(0), x)
+  weights = jax.random.normal(jax.random.key(1), (1,))  # for a non-trivial loss
+
+  def loss(module, params, x):
+    y = module.apply({"params": params}, x)
+    return jnp.sum(jnp.sin(y) * (1.0 + weights)), y
+
+  results = []
+  for module in (ref, ours):
+    (_, y), grads = jax.jit(jax.value_and_grad(
+        lambda p, x, m=module: loss(m, p, x), argnums=(0, 1), has_aux=True))(
+            variables["params"], x)
+    results.append((y, grads))
+  return results
+
+
+@pytest.mark.parametrize("shape,strides,padding", [
+    ((2, 1, 1, 5), 1, "SAME"),
+    ((2, 2, 2, 5), 1, "SAME"),
+    ((2, 2, 3, 5), 2, "SAME"),
+    ((2, 4, 4, 5), 2, "SAME"),
+    ((2, 5, 6, 5), 2, "SAME"),
+    ((2, 3, 4, 5), 1, "VALID"),
+    ((2, 6, 5, 5), 2, "VALID"),
+    ((2, 2, 2, 5), 1, 1),
+    ((2, 5, 5, 5), 2, 1),
+    ((2, 3, 4, 5), 2, ((2, 0), (0, 1))),
+    ((2, 4, 4, 5), 1, ((1, -1), (2, 0))),
+])
+def test_matches_nn_conv_values_and_grads(shape, strides, padding):
+  kernel = 3
+  pads = layers.explicit_padding(padding, shape[1:3], (kernel, kernel),
+                                 (strides, strides))
+  if any(n + lo + hi < kernel for n, (lo, hi) in zip(shape[1:3], pads)):
+    pytest.skip("kernel larger than the padded map; nn.Conv fails too")
+  x = jax.random.normal(jax.random.key(2), shape)
+  (y_ref, g_ref), (y, g) = _both(
+      x, features=7, kernel_size=(kernel, kernel), strides=strides,
+      padding=padding)
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(y, y_ref, atol=2e-5, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=(1, 1), strides=2, use_bias=False),
+    dict(kernel_size=(2, 3), strides=(1, 2), padding="SAME"),
+    dict(kernel_size=(3, 3), kernel_dilation=2, padding="SAME"),
+    dict(kernel_size=(7, 7), strides=2, padding=3),
+])
+def test_matches_nn_conv_other_shapes(kwargs):
+  x = jax.random.normal(jax.random.key(3), (3, 4, 4, 6))
+  (y_ref, g_ref), (y, g) = _both(x, features=4, **kwargs)
+  np.testing.assert_allclose(y, y_ref, atol=2e-5, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
+
+
+def test_path_choice_is_by_input_size(monkeypatch):
+  calls = []
+  original = layers.conv_im2col
+
+  def spy(*args, **kwargs):
+    calls.append(args[0].shape)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(layers, "conv_im2col", spy)
+  conv = layers.Conv(features=2, kernel_size=(3, 3), im2col_max_size=4)
+  for size in (4, 5):
+    x = jnp.ones((1, size, size, 3))
+    conv.init(jax.random.key(0), x)
+  assert calls == [(1, 4, 4, 3)]
+  # Grouped convolutions always use XLA's convolution.
+  calls.clear()
+  grouped = layers.Conv(features=6, kernel_size=(3, 3), feature_group_count=3)
+  grouped.init(jax.random.key(0), jnp.ones((1, 2, 2, 3)))
+  assert not calls
+
+
+def test_same_params_as_nn_conv():
+  x = jnp.ones((2, 2, 2, 3))
+  for size in (2, 16):
+    x = jnp.ones((2, size, size, 3))
+    ours = layers.Conv(8, (3, 3)).init(jax.random.key(0), x)
+    ref = nn.Conv(8, (3, 3)).init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, ref)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  conv = layers.Conv(4, (3, 3), dtype=jnp.bfloat16)
+  x = jnp.ones((1, 2, 2, 3))
+  variables = conv.init(jax.random.key(0), x)
+  y = conv.apply(variables, x)
+  assert y.dtype == jnp.bfloat16
+  assert variables["params"]["kernel"].dtype == jnp.float32
+
+
+def test_kernel_too_large_for_map_is_a_clear_error():
+  with pytest.raises(ValueError, match="does not fit"):
+    layers.conv_im2col(jnp.ones((1, 2, 2, 1)), jnp.ones((3, 3, 1, 1)),
+                       (1, 1), ((0, 0), (0, 0)))
+
+
+def test_max_pool_module_matches_function():
+  x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
+  pool = layers.MaxPool((3, 3), (2, 2), ((1, 1), (1, 1)))
+  y = pool.apply({}, x)
+  # Hand check of one output: the top-left window covers rows/cols 0..1.
+  np.testing.assert_allclose(y[:, 0, 0], x[:, :2, :2].max(axis=(1, 2)))
+  assert y.shape == (2, 4, 4, 3)
+  avg = layers.AvgPool((2, 2), (2, 2)).apply({}, x)
+  np.testing.assert_allclose(avg[:, 1, 2], x[:, 2:4, 4:6].mean(axis=(1, 2)),
+                             rtol=1e-6)
