@@ -64,7 +64,7 @@ def _image_size(dataset: Dataset, input_config: Any,
                 ) -> tuple[int, int] | None:
   size = image_size or _get(input_config, "image_size", 0)
   if size:
-    return transforms._pair(size)  # pylint: disable=protected-access
+    return transforms.size_pair(size)
   return dataset.info.image_size
 
 

@@ -22,7 +22,8 @@ from eo_jax.data.bands import Band
 Size = int | Sequence[int]
 
 
-def _pair(size: Size) -> tuple[int, int]:
+def size_pair(size: Size) -> tuple[int, int]:
+  """(height, width) from an int (square) or a pair."""
   if isinstance(size, (int, np.integer)):
     return int(size), int(size)
   h, w = size
@@ -61,7 +62,7 @@ def resize(image: np.ndarray, size: Size, method: str = "bilinear"
   Returns:
     The resized array; the input itself when the size does not change.
   """
-  out_h, out_w = _pair(size)
+  out_h, out_w = size_pair(size)
   if out_h <= 0 or out_w <= 0:
     raise ValueError(f"resize: output size must be positive, got {size}.")
   in_h, in_w = image.shape[:2]

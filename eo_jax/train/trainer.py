@@ -80,8 +80,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # A separate iterator supplies the shapes, so the training order is untouched.
   example_batch = sharding.to_global(next(iter(train_loader)), mesh)
   init_fn = lambda rng, batch: dataclass_tuple(objective.init(rng, batch))
-  params, model_state, extra = jax.jit(init_fn, out_shardings=repl)(
-      jax.random.key(config.seed), example_batch)
+  # The non-partitionable threefry compiles initialisers several times faster
+  # on CPU (21 s -> 3 s for a small ResNet); parameters are replicated, so
+  # nothing is lost by generating them unpartitioned.
+  with jax.threefry_partitionable(False):
+    params, model_state, extra = jax.jit(init_fn, out_shardings=repl)(
+        jax.random.key(config.seed), example_batch)
   if config.init_from.workdir:
     params, model_state = load_init_from(config, info, params, model_state)
     params, model_state = jax.device_put((params, model_state), repl)

@@ -243,8 +243,9 @@ def test_tfds_source(tfds_dir, variant):
   ds = eurosat.eurosat(path=str(tfds_dir), variant=variant, source="tfds")
   assert sum(len(s) for s in ds.splits.values()) == 30
   train = ds.splits["train"]
-  np.testing.assert_array_equal(
-      np.bincount([int(train[i]["label"]) for i in range(len(train))]), [2] * 10)
+  read = [int(train[i]["label"]) for i in range(len(train))]
+  np.testing.assert_array_equal(train.labels, read)
+  np.testing.assert_array_equal(np.bincount(read), [2] * 10)
   seen = set()
   for source in ds.splits.values():
     for i in range(len(source)):

@@ -111,6 +111,26 @@ def test_checkpoint_state_round_trip_gives_the_same_next_batches(augment):
     np.testing.assert_array_equal(a["label"], b["label"])
 
 
+def test_augmentation_is_keyed_by_seed_and_stream_position():
+  ds = id_dataset(n_train=50, constant=False)
+  config = input_config(batch_size=8, flips=True, rot90=True,
+                        random_resized_crop=True)
+  it = iter(pipeline.train_loader(ds, config, seed=9, process_index=0,
+                                  process_count=1))
+  batches = take(it, 7)  # step 6 is the first of epoch 1
+  options = pipeline._augment_options(config)  # pylint: disable=protected-access
+  source = ds.split("train")
+  for step in (0, 6):
+    epoch, first = divmod(step * 8, 6 * 8)
+    order = np.random.default_rng([9, epoch]).permutation(50)
+    for k in range(8):
+      g = step * 8 + k
+      image, _ = pipeline.augment(source[order[first + k]]["image"], None,
+                                  pipeline.example_rng(9, g), (6, 6), options)
+      np.testing.assert_allclose(batches[step]["image"][k],
+                                 (image - MEANS) / STDS, rtol=1e-6, atol=1e-6)
+
+
 def test_two_processes_split_every_global_batch():
   ds = id_dataset(constant=False)
   config = input_config(batch_size=8, flips=True, rot90=True)

@@ -9,9 +9,7 @@ None / () for all), and fills each band's mean and std from the TRAIN split
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
-import pkgutil
 from typing import Any, Mapping, Sequence
 
 import numpy as np

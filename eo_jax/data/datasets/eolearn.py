@@ -149,7 +149,7 @@ def load_scene(path: str | Path | None = None,
     path: None for the embedded sample, an .npz from `write_sample`, or an
       eo-learn folder (see `_LAYOUT_TEXT`).
     band_names: channel names of a folder's scene array; default the 13
-      Sentinel-2 L1C bands in eo-learn's order.
+      Sentinel-2 L1C bands in eo-learn's order. An .npz records its own.
   """
   p = SAMPLE_PATH if path is None else Path(path).expanduser()
   if p.is_file() and p.suffix == ".npz":
@@ -247,7 +247,8 @@ def eolearn_sample(path: str | None = None, patch_size: int = 9,
     stride: step between train patch centres (1 = every pixel).
     eval_stride: step for val/test centres; None means `stride`.
     min_class_pixels: land-cover ids with fewer labelled pixels are dropped.
-    band_names: channel order of a folder's scenes (default L1C, B8A 9th).
+    band_names: channel order of a folder's scene array (default the 13 L1C
+      bands, B8A 9th); an .npz records its own.
   """
   if patch_size < 1 or patch_size % 2 == 0:
     raise ValueError(f"config.data.patch_size must be a positive odd number "

@@ -218,9 +218,10 @@ def _open_tfds(path: str | None, variant: str
   if unknown:
     raise ValueError(f"TFDS {name} has classes {unknown} that EuroSAT lacks.")
   label_map = np.array([CLASSES.index(n) for n in names], np.int32)
-  source = tfds_source.TfdsSource(ds, image_key, label_map=label_map, name=name)
+  source = tfds_source.TfdsSource(ds, image_key, label_map=label_map, name=name,
+                                  labels=label_map[raw])
   shape = source[0]["image"].shape
-  return source, label_map[raw], shape
+  return source, source.labels, shape
 
 
 @DATASETS.register("eurosat")

@@ -17,11 +17,15 @@ from eo_jax.data.datasets.base import missing_data
 
 def open_data_source(name: str, split: str, data_dir: str | None, *,
                      url: str, decoders: Any = None) -> Any:
-  """`tfds.data_source(name, split=split, data_dir=data_dir)`, never downloading.
+  """The random-access source of a prepared TFDS split; never downloads.
+
+  Equivalent to `tfds.data_source(name, split=..., data_dir=...,
+  download=False)`, with clear errors.
 
   Raises:
     MissingDataError: naming the dataset, the folder and where to get it,
       when the prepared dataset is not in `data_dir`.
+    ValueError: when it was prepared as TFRecord (not random-access).
   """
   import tensorflow_datasets as tfds  # deferred: only this path needs TFDS
 
@@ -43,7 +47,7 @@ def open_data_source(name: str, split: str, data_dir: str | None, *,
 
 
 def label_names(data_source: Any, label_key: str = "label") -> tuple[str, ...]:
-  """Class names of a TFDS ClassLabel feature ('' if unknown)."""
+  """Class names of a TFDS ClassLabel feature (() if unknown)."""
   info = getattr(data_source, "dataset_info", None)
   try:
     return tuple(info.features[label_key].names)
@@ -74,12 +78,20 @@ class TfdsSource:
     label_key: the ClassLabel feature.
     indices: which records (in this order); None for all.
     label_map: optional array mapping the TFDS label to ours.
-    name: used in `repr` (Grain checks it when restoring a checkpoint).
+    name: used in `repr`.
+    labels: our labels of all records of `data_source`, if known (exposed
+      as `.labels` for the records of this source, like the file sources).
   """
 
   def __init__(self, data_source: Any, image_key: str, label_key: str = "label",
                indices: Sequence[int] | None = None,
-               label_map: np.ndarray | None = None, name: str = "tfds"):
+               label_map: np.ndarray | None = None, name: str = "tfds",
+               labels: np.ndarray | None = None):
+    self._all_labels = labels
+    self.labels = None
+    if labels is not None:
+      self.labels = np.asarray(labels if indices is None
+                               else labels[np.asarray(indices)], np.int32)
     self._source = data_source
     self._image_key = image_key
     self._label_key = label_key
@@ -99,7 +111,8 @@ class TfdsSource:
     if self._indices is not None:
       indices = self._indices[indices]
     return TfdsSource(self._source, self._image_key, self._label_key, indices,
-                      self._label_map, f"{self._name}:{name}")
+                      self._label_map, f"{self._name}:{name}",
+                      self._all_labels)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     index = int(index)
