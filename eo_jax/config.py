@@ -91,6 +91,20 @@ def base_config() -> ConfigDict:
   c.train.early_stopping.min_delta = 0.0
   c.train.early_stopping.patience = 5   # evaluations without improvement
 
+  # Frozen-feature probes run at every evaluation on a labelled dataset, for
+  # any objective whose `embed` gives image features (MAE, DINO, supervised).
+  c.probe = ConfigDict()
+  c.probe.data = ConfigDict()
+  c.probe.data.name = ""            # '' -> no probe; else any dataset + its kwargs
+  c.probe.train_split = "train"
+  c.probe.eval_split = "val"
+  c.probe.image_size = 0            # 0 -> the probe dataset's native size
+  c.probe.batch_size = 256
+  c.probe.knn_k = (10, 20)
+  c.probe.knn_temperature = 0.07
+  c.probe.linear = True             # also fit a linear classifier on the features
+  c.probe.linear_epochs = 100
+
   c.init_from = ConfigDict()
   c.init_from.workdir = ""          # a run's workdir to take the encoder from
   # Regexes over '/'-joined parameter paths to copy; () -> everything but `head/`.

@@ -3,7 +3,7 @@
 A Grain record here is a whole batch, not an example: the examples are tiny
 (a 9 x 9 x 13 patch costs ~10 us to read), so Grain's per-record bookkeeping
 would dominate; building batches inside the source pays it once per batch,
-and Grain still provides the prefetch threads, the worker processes
+and Grain still provides the prefetch threads, the training worker processes
 (`config.input.worker_count`), per-process sharding and checkpointable state.
 
 Training (`train_loader`): every epoch is a fresh permutation of the WHOLE
@@ -348,11 +348,19 @@ def train_loader(dataset: Dataset, input_config: Any, *, seed: int,
 
 
 class EvalLoader:
-  """A finite, re-iterable pass over this process's shard of a split."""
+  """A finite, re-iterable pass over this process's shard of a split.
+
+  Each pass builds batches in threads of this process, ignoring
+  `worker_count`: worker processes would be started afresh for every pass
+  (seconds each, mostly importing jax), which costs more than an eval pass
+  over these datasets saves.
+  """
 
   def __init__(self, batches: EvalBatches, input_config: Any):
     self._batches = batches
-    self._input_config = input_config
+    threads = max(2, int(_get(input_config, "prefetch", 2)))
+    self._read_options = grain.ReadOptions(num_threads=threads,
+                                           prefetch_buffer_size=threads)
 
   def __len__(self) -> int:
     return len(self._batches)
@@ -366,9 +374,9 @@ class EvalLoader:
     loader = grain.DataLoader(
         data_source=self._batches,
         sampler=StreamSampler(repr(self._batches), len(self._batches)),
-        worker_count=int(_get(self._input_config, "worker_count", 0)),
+        worker_count=0,
         shard_options=grain.NoSharding(),
-        read_options=_read_options(self._input_config),
+        read_options=self._read_options,
     )
     return iter(loader)
 
@@ -383,7 +391,7 @@ def eval_loader(dataset: Dataset, split: str, input_config: Any, *,
   Args:
     dataset: a Dataset whose bands carry mean/std.
     split: e.g. 'val' or 'test'.
-    input_config: `config.input` (eval_batch_size, image_size, worker_count).
+    input_config: `config.input` (eval_batch_size, image_size, prefetch).
     process_index, process_count: default from jax.
     batch_size: THIS PROCESS's batch size. Default: the global eval batch
       (`input_config.eval_batch_size`, or `batch_size` when that is 0) divided

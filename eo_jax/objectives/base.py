@@ -14,6 +14,8 @@ modules (model, decoder, teacher, heads) and tells the trainer:
 * `eval_step(state, batch)` -> dict of per-example arrays (leading axis = batch)
   that `evaluator(split)` accumulates exactly over a whole split on the host.
 * `visualize(state, batch, workdir, step)` writes PNGs at eval time (optional).
+* `embed(state, image)` -> (B, D) features for the kNN / linear probes that the
+  trainer runs on `config.probe.data` at eval time (optional).
 
 Objectives register with `@OBJECTIVES.register('name')`; the factory is
 called as `factory(config, info)`.
@@ -99,6 +101,13 @@ class Objective:
     """Writes PNGs for a human; returns their paths."""
     del state, batch, workdir, step
     return []
+
+  def embed(self, state: TrainState, image: jax.Array) -> jax.Array:
+    """(B, D) image features for frozen-feature probes (kNN, linear).
+
+    Optional: objectives without it are not probed.
+    """
+    raise NotImplementedError
 
   def epoch_hook(self, epoch: float) -> None:
     """Called by the trainer on the host; for schedules driven by epochs."""

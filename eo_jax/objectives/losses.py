@@ -20,6 +20,16 @@ def _smoothed_targets(labels: jax.Array, num_classes: int,
   return onehot
 
 
+def _weight_of(labels: jax.Array, class_weights, num_classes: int) -> jax.Array:
+  # A one-hot product rather than a gather: gathering a constant with
+  # batch-sharded indices trips sharding propagation inside jit.
+  weights = jnp.asarray(class_weights, jnp.float32)
+  if weights.shape != (num_classes,):
+    raise ValueError(f"config.loss.class_weights has {weights.shape[0]} entries "
+                     f"but there are {num_classes} classes.")
+  return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) @ weights
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, *,
                   label_smoothing: float = 0.0,
                   class_weights: Sequence[float] | jax.Array | None = None,
@@ -40,7 +50,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *,
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   loss = -jnp.sum(targets * logp, axis=-1)
   if class_weights is not None and len(class_weights):
-    loss = loss * jnp.asarray(class_weights, jnp.float32)[safe]
+    loss = loss * _weight_of(safe, class_weights, num_classes)
   return jnp.where(valid, loss, 0.0)
 
 
@@ -60,7 +70,7 @@ def focal_loss(logits: jax.Array, labels: jax.Array, *, gamma: float = 2.0,
   modulator = (1.0 - jnp.exp(logp)) ** gamma
   loss = -jnp.sum(targets * modulator * logp, axis=-1)
   if class_weights is not None and len(class_weights):
-    loss = loss * jnp.asarray(class_weights, jnp.float32)[safe]
+    loss = loss * _weight_of(safe, class_weights, num_classes)
   return jnp.where(valid, loss, 0.0)
 
 

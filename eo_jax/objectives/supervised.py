@@ -83,5 +83,10 @@ class Supervised(Objective):
     loss = losses.cross_entropy(logits, batch["label"])
     return {"logits": logits.astype(jnp.float32), "label": batch["label"], "loss": loss}
 
+  def embed(self, state: TrainState, image: jax.Array) -> jax.Array:
+    _, features, _ = apply_model(self.model, state.params, state.model_state,
+                                 image, train=False)
+    return features["pre_logits"].astype(jnp.float32)
+
   def evaluator(self, split: str) -> ClassificationEvaluator:
     return ClassificationEvaluator(self.info.num_classes, self.info.class_names)

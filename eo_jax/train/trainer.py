@@ -25,8 +25,10 @@ from eo_jax.data import bands as bands_lib
 from eo_jax.data import pipeline
 from eo_jax.data.datasets import build_dataset
 from eo_jax.data.datasets.base import DatasetInfo
+from eo_jax.evaluate.batches import padded_eval_batches
+from eo_jax.evaluate.probe import FeatureProbe
 from eo_jax.objectives import OBJECTIVES
-from eo_jax.objectives.base import TrainState
+from eo_jax.objectives.base import Objective, TrainState
 from eo_jax.train import sharding
 from eo_jax.train.checkpoint import Checkpointer, iterator_state_from_json
 from eo_jax.train.early_stopping import EarlyStopping
@@ -148,8 +150,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   def evaluate(state: TrainState, split: str) -> dict[str, Any]:
     evaluator = objective.evaluator(split)
     first_batch = None
-    for local, valid in _padded_eval_batches(dataset, split, config.input,
-                                             local_eval_batch):
+    for local, valid in padded_eval_batches(dataset, split, config.input,
+                                            local_eval_batch, image_size):
       batch = sharding.to_global(local, mesh)
       outputs, valid = sharding.to_host(
           (jit_eval_step(state, batch), sharding.to_global({"v": valid}, mesh)["v"]))
@@ -160,6 +162,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if is_main and first_batch is not None:
       objective.visualize(state, first_batch, workdir, int(state.step))
     return result
+
+  probe = None
+  if config.probe.data.name:
+    if type(objective).embed is Objective.embed:
+      raise ValueError(f"config.probe is set, but objective {config.objective!r} "
+                       "has no `embed` to give features to probe.")
+    probe = FeatureProbe(config.probe, info)
+    jit_embed = jax.jit(objective.embed, in_shardings=(repl, data_sharding),
+                        out_shardings=data_sharding)
+
+  def evaluate_all(state: TrainState, *, final: bool = False) -> dict[str, dict]:
+    splits = config.train.final_eval_splits if final else config.train.eval_splits
+    out = {}
+    for split in tuple(splits):
+      if final and split not in dataset.splits:
+        continue
+      out[split] = evaluate(state, split)
+      reporter.eval_result(int(state.step), split, out[split], final=final)
+    if probe is not None:
+      out["probe"] = probe.run(jit_embed, state, mesh)
+      reporter.eval_result(int(state.step), "probe", out["probe"], final=final)
+    return out
 
   # ----------------------------------------------------------------- Loop
   eval_every = config.train.eval_every_steps or steps_per_epoch
@@ -196,9 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     if step % eval_every == 0 or is_last:
       _raise_if_not_finite(pending_losses)
-      for split in config.train.eval_splits:
-        result = evaluate(state, split)
-        reporter.eval_result(step, split, result)
+      for split, result in evaluate_all(state).items():
         if stopper.update(step, split, result) and best_checkpointer:
           logging.info("New best %s = %s at step %d.", stopper.metric,
                        stopper.best, step)
@@ -225,11 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     results["early_stopping"] = stopper.dump() | {"metric": stopper.metric}
     logging.info("Final evaluation of the best state (step %d).", int(state.step))
     best_checkpointer.close()
-  for split in tuple(config.train.final_eval_splits):
-    if split not in dataset.splits:
-      continue
-    result = evaluate(state, split)
-    reporter.eval_result(int(state.step), split, result, final=True)
+  for split, result in evaluate_all(state, final=True).items():
     results[split] = {k: v for k, v in result.items() if np.ndim(v) == 0}
   for split in tuple(config.train.eval_splits):
     results.setdefault(split, reporter.latest(split))
@@ -245,34 +263,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 # --------------------------------------------------------------- Helpers
 def dataclass_tuple(variables) -> tuple[Any, Any, Any]:
   return variables.params, variables.model_state, variables.extra
-
-
-def _padded_eval_batches(dataset, split: str, input_config, local_batch: int
-                         ) -> Iterable[tuple[dict[str, np.ndarray], np.ndarray]]:
-  """Yields this process's eval batches padded to `local_batch`, with a mask.
-
-  Every process runs the same number of steps (collectives need it), so the
-  count comes from the largest per-process shard, not from this process's.
-  """
-  n = len(dataset.split(split))
-  per_process = math.ceil(n / jax.process_count())
-  num_batches = math.ceil(per_process / local_batch)
-  loader = iter(pipeline.eval_loader(
-      dataset, split, input_config, process_index=jax.process_index(),
-      process_count=jax.process_count(), batch_size=local_batch,
-      image_size=input_config.image_size or None))
-  template = None
-  for _ in range(num_batches):
-    local = next(loader, None)
-    if local is None:
-      local = {k: np.zeros_like(v[:0]) for k, v in template.items()}
-    template = local
-    size = len(next(iter(local.values())))
-    valid = np.arange(local_batch) < size
-    if size < local_batch:
-      local = {k: np.concatenate([v, np.zeros((local_batch - size,) + v.shape[1:], v.dtype)])
-               for k, v in local.items()}
-    yield local, valid
 
 
 def _raise_if_not_finite(pending: list[tuple[int, jax.Array, jax.Array]]) -> None:

@@ -23,7 +23,14 @@ def _crash_at(step_to_crash):
 
 def test_run_writes_metrics_plots_and_checkpoints(tmp_path):
   config = tiny_config(**{"train.steps": 24})
+  config.unlock()
+  config.probe.data = config.data  # frozen-feature probes on the same data
+  config.probe.knn_k = (5,)
+  config.lock()
   results = trainer.train_and_evaluate(config, str(tmp_path))
+  # Features of a network that classifies well are linearly separable too.
+  assert results["probe"]["linear/accuracy"] > 0.6, results["probe"]
+  assert 0 <= results["probe"]["knn5/macro_f1"] <= 1
   for name in ("results.json", "curves.png", "confusion_val.png", "confusion_test.png"):
     assert (tmp_path / name).exists(), name
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
