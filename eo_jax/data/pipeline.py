@@ -23,11 +23,19 @@ first yields an empty batch), so multi-host collectives stay in step.
 Batches are dicts of numpy arrays: 'image' (B, H, W, C) float32 normalised
 with the bands' training statistics, plus 'label' (B,) int32 or 'mask'
 (B, H, W) int32.
+
+Multi-view objectives (DINO) pass `views_fn` to `train_loader` (the trainer
+passes `objective.train_views()`): each training image is then resized and
+normalised but not augmented, `views_fn(image, rng)` turns it into views
+(e.g. `data.multicrop.MultiCrop`), and the batch carries the stacked views
+('global_crops' (B, 2, G, G, C), ...) instead of 'image'. `rng` is the same
+per-example generator the standard augmentations would have used, so
+determinism and the iterator state are unchanged.
 """
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import grain.python as grain
 import jax
@@ -37,6 +45,7 @@ from eo_jax.data import transforms
 from eo_jax.data.datasets.base import Dataset
 
 Batch = dict[str, np.ndarray]
+ViewsFn = Callable[[np.ndarray, np.random.Generator], Mapping[str, np.ndarray]]
 
 _AUGMENT_DEFAULTS = {"random_resized_crop": False, "crop_scale": (0.5, 1.0),
                      "crop_ratio": (3 / 4, 4 / 3), "flips": False,
@@ -175,6 +184,8 @@ def _resize(image: np.ndarray, mask: np.ndarray | None,
 class _BatchSource:
   """Builds whole batches (Grain's per-record overhead paid once per batch)."""
 
+  _views_fn: ViewsFn | None = None
+
   def __init__(self, dataset: Dataset, split: str,
                size: tuple[int, int] | None):
     self._source = dataset.split(split)
@@ -194,22 +205,47 @@ class _BatchSource:
           f"dataset declares {self._num_bands} bands (H, W, C expected).")
     if rng is None:
       image, mask = _resize(image, mask, self._size)
+    elif self._views_fn is not None:
+      # The views do their own cropping and colour changes, on normalised
+      # values (their strengths are in units of the band std).
+      image, mask = _resize(image, mask, self._size)
+      image = self._views(index, (np.asarray(image, np.float32) - self._mean)
+                          / self._std, rng)
     else:
       image, mask = augment(image, mask, rng, self._size, self._options)
     return image, mask, element.get("label")
+
+  def _views(self, index: int, image: np.ndarray, rng: np.random.Generator
+             ) -> dict[str, np.ndarray]:
+    views = self._views_fn(image, rng)
+    if not isinstance(views, Mapping) or not views:
+      raise TypeError(f"views_fn must return a non-empty dict of arrays, got "
+                      f"{type(views).__name__} for {self._name} example {index}.")
+    clash = sorted(set(views) & {"label", "mask"})
+    if clash:
+      raise ValueError(f"views_fn returned {clash}, which the batch already "
+                       "carries; rename those views.")
+    return {k: np.asarray(v) for k, v in views.items()}
 
   def _stack(self, examples: list[tuple]) -> Batch:
     if not examples:
       return {k: np.zeros((0,) + v.shape[1:], v.dtype)
               for k, v in self._template.items()}
-    try:
-      images = np.stack([e[0] for e in examples]).astype(np.float32)
-    except ValueError as e:
-      raise ValueError(
-          f"{self._name}: examples of different sizes cannot be batched "
-          f"({sorted({x[0].shape for x in examples})}); set "
-          "config.input.image_size.") from e
-    batch = {"image": (images - self._mean) / self._std}
+    if isinstance(examples[0][0], dict):
+      # Views arrive normalised (see `_example`); floating views become
+      # float32, others (e.g. boolean patch masks) keep their dtype.
+      batch = {k: np.stack([e[0][k] for e in examples]) for k in examples[0][0]}
+      batch = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating)
+               else v for k, v in batch.items()}
+    else:
+      try:
+        images = np.stack([e[0] for e in examples]).astype(np.float32)
+      except ValueError as e:
+        raise ValueError(
+            f"{self._name}: examples of different sizes cannot be batched "
+            f"({sorted({x[0].shape for x in examples})}); set "
+            "config.input.image_size.") from e
+      batch = {"image": (images - self._mean) / self._std}
     if examples[0][1] is not None:
       batch["mask"] = np.stack([e[1] for e in examples]).astype(np.int32)
     if examples[0][2] is not None:
@@ -224,15 +260,16 @@ class TrainBatches(_BatchSource):
   takes the contiguous part [p * B / n, (p + 1) * B / n) of it. Position g is
   example perm_e[g % E] of epoch e = g // E, where E = steps * B and perm_e is
   a permutation of the whole split seeded by (seed, e); its augmentation
-  generator is keyed by (seed, g).
+  generator (or `views_fn`'s generator) is keyed by (seed, g).
   """
 
   def __init__(self, dataset: Dataset, size: tuple[int, int] | None, *,
                steps: int, global_batch: int, process_count: int, seed: int,
-               options: Mapping[str, Any]):
+               options: Mapping[str, Any], views_fn: ViewsFn | None = None):
     if seed < 0:
       raise ValueError(f"config.seed must be >= 0, got {seed}.")
     self._options = dict(options)
+    self._views_fn = views_fn
     super().__init__(dataset, "train", size)
     self._epoch_length = steps * global_batch
     self._global_batch = global_batch
@@ -311,8 +348,8 @@ def _read_options(input_config: Any) -> grain.ReadOptions:
 def train_loader(dataset: Dataset, input_config: Any, *, seed: int,
                  process_index: int | None = None,
                  process_count: int | None = None,
-                 image_size: int | tuple[int, int] | None = None
-                 ) -> grain.DataLoader:
+                 image_size: int | tuple[int, int] | None = None,
+                 views_fn: ViewsFn | None = None) -> grain.DataLoader:
   """Endless, shuffled, augmented training batches for this process.
 
   Args:
@@ -324,12 +361,19 @@ def train_loader(dataset: Dataset, input_config: Any, *, seed: int,
       parallel; default `jax.process_index()` / `jax.process_count()`.
     image_size: output side(s); default `input_config.image_size`, and if that
       is 0 the dataset's native size.
+    views_fn: optional `views_fn(image, rng) -> {name: array}` for objectives
+      that train on several views per example (`Objective.train_views`). It
+      gets each resized, normalised, NOT augmented (H, W, C) float32 image
+      and that example's generator (re-keyed for the next example after the
+      call returns: do not keep it), and must return arrays of fixed shapes.
+      It must be picklable when `input_config.worker_count` > 0.
 
   Returns:
     A Grain DataLoader; `iter(loader)` yields {'image': (B_local, H, W, C)
     float32, 'label': (B_local,) int32 | 'mask': (B_local, H, W) int32}
     forever, B_local = batch_size / process_count, and has `get_state()` /
-    `set_state(state)`.
+    `set_state(state)`. With `views_fn`, each view `name` replaces 'image'
+    as `name`: (B_local, *view_shape), float32 when floating.
   """
   index, count = _process(process_index, process_count)
   global_batch = int(_get(input_config, "batch_size", 0))
@@ -337,7 +381,8 @@ def train_loader(dataset: Dataset, input_config: Any, *, seed: int,
   batches = TrainBatches(
       dataset, _image_size(dataset, input_config, image_size),
       steps=steps_per_epoch(dataset, input_config), global_batch=global_batch,
-      process_count=count, seed=seed, options=_augment_options(input_config))
+      process_count=count, seed=seed, options=_augment_options(input_config),
+      views_fn=views_fn)
   return grain.DataLoader(
       data_source=batches,
       sampler=StreamSampler(f"{dataset.info.name}/train"),

@@ -19,7 +19,9 @@ follow the receptive field through them.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import contextvars
+from typing import Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -35,6 +37,34 @@ from jax import lax
 IM2COL_MAX_SIZE = 4
 
 _FALLBACK_PADDINGS = ("CIRCULAR", "REFLECT", "CAUSAL")
+
+# Set by `im2col_max_size`; a context variable rather than a module global so
+# that an override cannot leak out of its `with` block or across threads.
+_MAX_SIZE_OVERRIDE: contextvars.ContextVar[int | None] = (
+    contextvars.ContextVar("im2col_max_size", default=None))
+
+
+@contextlib.contextmanager
+def im2col_max_size(size: int) -> Iterator[None]:
+  """Gives every `Conv` traced inside the block the threshold `size`.
+
+  For A/B measurements of whole models (`size=0` sends every convolution to
+  XLA, the formulation before im2col) and for backends whose convolution is
+  fast on small maps. The choice is made when a model is traced, so the
+  block must enclose the tracing: put it inside the function given to
+  `jax.jit`, not around a call of an already compiled one.
+
+  Args:
+    size: largest input height and width computed as im2col; 0 never uses
+      im2col.
+  """
+  if size < 0:
+    raise ValueError(f"im2col_max_size must be >= 0, got {size}.")
+  token = _MAX_SIZE_OVERRIDE.set(size)
+  try:
+    yield
+  finally:
+    _MAX_SIZE_OVERRIDE.reset(token)
 
 
 def _pairs(value: int | Sequence[int] | None, n: int) -> tuple[int, ...]:
@@ -143,7 +173,8 @@ class Conv(nn.Conv):
 
   Attributes:
     im2col_max_size: largest input height and width computed as im2col;
-      0 always uses `nn.Conv`.
+      0 always uses `nn.Conv`. Inside a `with im2col_max_size(n):` block the
+      block's `n` applies instead.
   """
   im2col_max_size: int = IM2COL_MAX_SIZE
 
@@ -151,7 +182,10 @@ class Conv(nn.Conv):
     kernel_size = _pairs(self.kernel_size, 1)
     if inputs.ndim != 4 or len(kernel_size) != 2:
       return False
-    if max(inputs.shape[1:3]) > self.im2col_max_size:
+    limit = _MAX_SIZE_OVERRIDE.get()
+    if limit is None:
+      limit = self.im2col_max_size
+    if max(inputs.shape[1:3]) > limit:
       return False
     if self.feature_group_count != 1 or self.mask is not None:
       return False

@@ -3,13 +3,20 @@
 Cross-entropy (with label smoothing and class weights) or focal loss from
 `config.loss`; evaluation reports accuracy, macro-F1, per-class F1, mAP and
 the confusion matrix, computed exactly over the whole split.
+Models that expose per-location class evidence (features['local_logits']
+and a receptive field `rf`, e.g. BagNets) also get evidence heatmaps at
+every evaluation, in workdir/heatmaps/.
 """
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Mapping
 
+from absl import logging
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from eo_jax.data.datasets.base import CLASSIFICATION, DatasetInfo
 from eo_jax.evaluate.classification import ClassificationEvaluator
@@ -17,6 +24,7 @@ from eo_jax.models import build_model
 from eo_jax.objectives import losses
 from eo_jax.objectives.base import (OBJECTIVES, Objective, StepOutput,
                                     TrainState, Variables)
+from eo_jax.visualize import heatmaps
 
 
 def apply_model(model, params, model_state, image, *, train: bool,
@@ -62,6 +70,10 @@ class Supervised(Objective):
     # learning-rate decay; the trainer looks for `layer_id` on the objective.
     if hasattr(self.model, "layer_id"):
       self.layer_id = self.model.layer_id
+    # Set on the first `visualize` call.
+    self._has_local_logits: bool | None = None
+    self._local_logits_fn = None
+    self._visualize_calls: dict[int, int] = {}
 
   def init(self, rng, batch) -> Variables:
     return init_model(self.model, rng, batch["image"])
@@ -90,3 +102,76 @@ class Supervised(Objective):
 
   def evaluator(self, split: str) -> ClassificationEvaluator:
     return ClassificationEvaluator(self.info.num_classes, self.info.class_names)
+
+  def visualize(self, state: TrainState, batch: Mapping[str, Any],
+                workdir: str, step: int) -> list[str]:
+    """Evidence heatmaps of the first examples, for models with local logits.
+
+    Applies when the model's features hold 'local_logits' (B, h, w, K) and
+    the model reports where those locations look as `rf` = (size, jump,
+    offset) in input pixels (BagNets do). For each of the first
+    `HEATMAP_EXAMPLES` examples it writes the evidence for the true and for
+    the predicted class over an RGB composite of `info.rgb_bands` (else the
+    first bands) to workdir/heatmaps/step_<step>/. Other models: no files.
+    """
+    if self._has_local_logits is None:
+      self._has_local_logits = _has_local_logits(self.model, state, batch)
+    if not self._has_local_logits:
+      return []
+    rf = getattr(self.model, "rf", None)
+    if rf is None:
+      logging.warning("The model returns 'local_logits' but no receptive "
+                      "field (`rf`); writing no evidence heatmaps.")
+      self._has_local_logits = False
+      return []
+    images = np.asarray(batch["image"][:HEATMAP_EXAMPLES], np.float32)
+    labels = np.asarray(batch["label"][:HEATMAP_EXAMPLES])
+    if self._local_logits_fn is None:
+      self._local_logits_fn = jax.jit(lambda p, s, x: apply_model(
+          self.model, p, s, x, train=False)[1]["local_logits"])
+    local = np.asarray(self._local_logits_fn(
+        _host_copy(state.params), _host_copy(state.model_state), images))
+
+    # The final evaluations (e.g. 'test') run at the step of the last 'val'
+    # one; a suffix keeps them from overwriting its files.
+    calls = self._visualize_calls.get(step, 0)
+    self._visualize_calls[step] = calls + 1
+    folder = os.path.join(workdir, "heatmaps", f"step_{step:06d}"
+                          + (f"_{calls + 1}" if calls else ""))
+    bands = self.info.bands
+    rgb = self.info.rgb_bands or tuple(range(3 if len(bands) >= 3 else 1))
+    names = self.info.class_names
+    probs = jax.nn.softmax(local.mean(axis=(1, 2)), axis=-1)
+    paths = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+      pred = int(np.argmax(probs[i]))
+      for kind, k in (("true", int(label)), ("pred", pred)):
+        heat = heatmaps.evidence_map(local[i], k, image.shape[:2], rf.jump,
+                                     rf.offset, rf.size)
+        title = (f"{names[k]} (true)" if kind == "true"
+                 else f"{names[k]} (predicted, p={probs[i, k]:.2f})")
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", names[k]).strip("_")
+        paths.append(heatmaps.plot_evidence(
+            image, rgb, heat, os.path.join(folder, f"ex{i}_{kind}_{slug}.png"),
+            title, bands=bands))
+    return paths
+
+
+#: Examples of the first eval batch drawn by `Supervised.visualize`.
+HEATMAP_EXAMPLES = 4
+
+
+def _has_local_logits(model, state: TrainState, batch: Mapping[str, Any]) -> bool:
+  """Whether the model's features include 'local_logits' (shapes only)."""
+  image = jax.ShapeDtypeStruct(np.shape(batch["image"][:1]), jnp.float32)
+  _, features, _ = jax.eval_shape(
+      lambda p, s, x: apply_model(model, p, s, x, train=False),
+      _host_copy(state.params), _host_copy(state.model_state), image)
+  return "local_logits" in features
+
+
+def _host_copy(tree: Any) -> Any:
+  # Replicated arrays of a multi-process run are not fully addressable, and
+  # only process 0 draws; its own replica is the whole array.
+  return jax.tree.map(
+      lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)

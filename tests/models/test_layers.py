@@ -138,3 +138,24 @@ def test_max_pool_module_matches_function():
   avg = layers.AvgPool((2, 2), (2, 2)).apply({}, x)
   np.testing.assert_allclose(avg[:, 1, 2], x[:, 2:4, 4:6].mean(axis=(1, 2)),
                              rtol=1e-6)
+
+
+def test_im2col_max_size_context_overrides_threshold_while_tracing(
+    monkeypatch):
+  calls = []
+  original = layers.conv_im2col
+  monkeypatch.setattr(layers, "conv_im2col",
+                      lambda *a, **k: calls.append(1) or original(*a, **k))
+  conv = layers.Conv(features=2, kernel_size=(3, 3))
+  x = jnp.ones((1, 2, 2, 3))
+  variables = conv.init(jax.random.key(0), x)
+  calls.clear()
+  with layers.im2col_max_size(0):
+    y_xla = conv.apply(variables, x)
+  assert not calls
+  y = conv.apply(variables, x)  # the override ended with the block
+  assert len(calls) == 1
+  np.testing.assert_allclose(y, y_xla, atol=1e-5)
+  with pytest.raises(ValueError, match=">= 0"):
+    with layers.im2col_max_size(-1):
+      pass
