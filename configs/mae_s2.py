@@ -24,7 +24,7 @@ Variants (`configs/mae_s2.py:key=value,...`):
   variant=Ti/8     encoder size, '<size>/<patch>' (S/8 is ViT-S/8);
   decoder=light    or 'mae';
   base_lr=1.5e-4   lr per 256 images (short runs want more, e.g. 1.5e-3);
-  epochs=200       training length (steps=N overrides it);
+  epochs=200       training length (about 48 steps an epoch);
   runlocal=True    synthetic 13-band 16 x 16 data and a tiny ViT, a few
                    steps (what the tests run; uses a LEARNED position
                    embedding so that downstream tests exercise its resizing).
@@ -32,6 +32,8 @@ Variants (`configs/mae_s2.py:key=value,...`):
 Downstream: configs/vit_eolearn.py linear-probes or fine-tunes the encoder
 with config.init_from (source_prefix 'encoder').
 """
+import ml_collections
+
 from eo_jax.config import base_config, parse_arg
 from eo_jax.objectives import mae
 
@@ -41,7 +43,7 @@ DECODERS = {"light": dict(decoder_width=128, decoder_depth=2, decoder_heads=4),
 
 def get_config(arg=None):
   arg = parse_arg(arg, variant="Ti/8", decoder="light", base_lr=1.5e-4,
-                  epochs=200, steps=0, runlocal=False)
+                  epochs=200, runlocal=False)
   if arg.decoder not in DECODERS:
     raise ValueError(f"decoder must be one of {sorted(DECODERS)}, got "
                      f"{arg.decoder!r}.")
@@ -76,14 +78,13 @@ def get_config(arg=None):
   c.optim.warmup_epochs = 0.05 * arg.epochs
 
   c.train.epochs = float(arg.epochs)
-  c.train.steps = int(arg.steps)
   c.train.log_every_steps = 10
   c.train.keep_checkpoints = 2
   c.train.eval_splits = ("val",)
   c.train.final_eval_splits = ("val",)
 
   if arg.runlocal:
-    c.data = c.data.__class__(dict(
+    c.data = ml_collections.ConfigDict(dict(
         name="synthetic", task="unlabelled", num_bands=13, image_size=16,
         num_train=32, num_val=8, num_test=8))
     c.input.batch_size = 8

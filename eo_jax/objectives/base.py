@@ -16,6 +16,13 @@ modules (model, decoder, teacher, heads) and tells the trainer:
 * `visualize(state, batch, workdir, step)` writes PNGs at eval time (optional).
 * `embed(state, image)` -> (B, D) features for the kNN / linear probes that the
   trainer runs on `config.probe.data` at eval time (optional).
+* `train_views()` -> `views_fn(image, rng) -> {name: array}` or None
+  (default). Objectives that train on several views of each example (DINO's
+  global and local crops, `data.multicrop.MultiCrop`) return one; the
+  training pipeline then feeds it each normalised, un-augmented image and
+  that example's generator, and training batches carry the stacked views
+  (e.g. 'global_crops' (B, 2, G, G, C)) instead of 'image'. Eval batches are
+  unchanged.
 
 Objectives register with `@OBJECTIVES.register('name')`; the factory is
 called as `factory(config, info)`.
@@ -28,6 +35,7 @@ from typing import Any, Callable, Mapping, Protocol
 import flax
 import jax
 import ml_collections
+import numpy as np
 
 from eo_jax.data.datasets.base import DatasetInfo
 from eo_jax.registry import Registry
@@ -108,6 +116,22 @@ class Objective:
     Optional: objectives without it are not probed.
     """
     raise NotImplementedError
+
+  def train_views(self) -> Callable[[np.ndarray, np.random.Generator],
+                                    dict[str, np.ndarray]] | None:
+    """The per-example views function of the training pipeline, or None.
+
+    None (the default) keeps the standard batches: 'image' with the
+    config's augmentations. A function `views_fn(image, rng)` receives one
+    resized, normalised (H, W, C) float32 training image and its
+    deterministic generator and returns fixed-shape arrays (e.g.
+    `MultiCrop(...)`: 'global_crops' (2, G, G, C), 'local_crops'
+    (L, l, l, C)); batches then hold those stacked along a leading batch axis,
+    plus 'label' / 'mask' when the dataset has them, and no 'image'. It runs
+    in the input pipeline's threads or worker processes, so it must be
+    picklable and must not touch jax.
+    """
+    return None
 
   def epoch_hook(self, epoch: float) -> None:
     """Called by the trainer on the host; for schedules driven by epochs."""

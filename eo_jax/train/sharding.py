@@ -19,7 +19,11 @@ DATA_AXIS = "data"
 
 
 def make_mesh() -> Mesh:
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+  # Auto axes: XLA's sharding propagation places every intermediate, so model
+  # code stays free of sharding annotations (explicit axes, jax.make_mesh's
+  # default, would demand them for ops like dropout's select).
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -67,16 +67,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   steps_per_epoch = pipeline.steps_per_epoch(dataset, config.input)
   total_steps = config.train.steps or math.ceil(config.train.epochs * steps_per_epoch)
   image_size = config.input.image_size or None
+  # Built before the loader: multi-view objectives (DINO) shape the batches.
+  objective = OBJECTIVES.get(config.objective)(config, info)
   train_loader = pipeline.train_loader(
       dataset, config.input, seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count(), image_size=image_size)
+      process_count=jax.process_count(), image_size=image_size,
+      views_fn=objective.train_views())
   train_iter = iter(train_loader)
   logging.info("Dataset %s: %d bands %s, %d classes, %d steps/epoch, %d steps.",
                info.name, info.num_bands, list(bands_lib.names(info.bands)),
                info.num_classes, steps_per_epoch, total_steps)
 
   # ----------------------------------------------------- Objective, state
-  objective = OBJECTIVES.get(config.objective)(config, info)
   repl = sharding.replicated(mesh)
   data_sharding = sharding.batch_sharded(mesh)
   # A separate iterator supplies the shapes, so the training order is untouched.
