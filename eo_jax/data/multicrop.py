@@ -134,7 +134,8 @@ class MultiCrop:
     if self.num_local:
       views["local_crops"] = np.stack([v for v, _ in outputs[2:]])
       boxes["local_boxes"] = np.array([b for _, b in outputs[2:]], np.int64)
-    return {k: v.astype(np.float32, copy=False) for k, v in views.items()}, boxes
+    views = {k: v.astype(np.float32, copy=False) for k, v in views.items()}
+    return views, boxes
 
   def __call__(self, image: np.ndarray, rng: np.random.Generator
                ) -> dict[str, np.ndarray]:

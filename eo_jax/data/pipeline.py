@@ -219,8 +219,9 @@ class _BatchSource:
              ) -> dict[str, np.ndarray]:
     views = self._views_fn(image, rng)
     if not isinstance(views, Mapping) or not views:
-      raise TypeError(f"views_fn must return a non-empty dict of arrays, got "
-                      f"{type(views).__name__} for {self._name} example {index}.")
+      raise TypeError(
+          f"views_fn must return a non-empty dict of arrays, got "
+          f"{type(views).__name__} for {self._name} example {index}.")
     clash = sorted(set(views) & {"label", "mask"})
     if clash:
       raise ValueError(f"views_fn returned {clash}, which the batch already "

@@ -78,7 +78,7 @@ def brightness_contrast(image: np.ndarray, rng: np.random.Generator,
   mean = image.mean(axis=(0, 1))
   out = (image - mean) * gain.astype(np.float32) + (mean + offset).astype(
       np.float32)
-  return out.astype(np.float32)
+  return out.astype(np.float32, copy=False)
 
 
 def band_scaling(image: np.ndarray, rng: np.random.Generator,
@@ -106,7 +106,7 @@ def band_scaling(image: np.ndarray, rng: np.random.Generator,
     return image
   limit = math.log1p(strength)
   factors = np.exp(rng.uniform(-limit, limit, image.shape[-1]))
-  return (image * factors.astype(np.float32)).astype(np.float32)
+  return (image * factors.astype(np.float32)).astype(np.float32, copy=False)
 
 
 def gaussian_blur(image: np.ndarray, rng: np.random.Generator, prob: float,
@@ -138,7 +138,7 @@ def gaussian_blur(image: np.ndarray, rng: np.random.Generator, prob: float,
   sigma = rng.uniform(low, high)
   # sigma 0 on the band axis: bands are never mixed.
   return ndimage.gaussian_filter(image, sigma=(sigma, sigma, 0.0),
-                                 mode="reflect").astype(np.float32)
+                                 mode="reflect").astype(np.float32, copy=False)
 
 
 def solarize(image: np.ndarray, rng: np.random.Generator, prob: float,
@@ -165,7 +165,8 @@ def solarize(image: np.ndarray, rng: np.random.Generator, prob: float,
   _check_prob("solarize prob", prob)
   if prob == 0 or rng.random() >= prob:
     return image
-  return np.where(image > threshold, -image, image).astype(np.float32)
+  out = np.where(image > threshold, -image, image)
+  return out.astype(np.float32, copy=False)
 
 
 def random_flips(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

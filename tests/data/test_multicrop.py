@@ -1,10 +1,14 @@
-"""Multi-crop views: shapes, crop areas, where views come from, determinism."""
+"""Multi-crop views: shapes, crop areas, where views come from, determinism,
+and multi-view batches from the training pipeline."""
 import math
 
 import numpy as np
 import pytest
 
-from eo_jax.data import transforms
+from eo_jax.config import base_config
+from eo_jax.data import pipeline, transforms
+from eo_jax.data.bands import Band
+from eo_jax.data.datasets.base import ArraySource, Dataset, DatasetInfo
 from eo_jax.data.multicrop import MultiCrop
 from eo_jax.data.spectral_augment import SpectralAugment
 
@@ -74,7 +78,6 @@ def test_views_are_the_resized_boxes_up_to_a_flip():
   views, boxes = crop.crop_with_boxes(image, np.random.default_rng(3))
   pairs = [(views["global_crops"], boxes["global_boxes"], 12),
            (views["local_crops"], boxes["local_boxes"], 6)]
-  flips_seen = set()
   for stack, box_list, out in pairs:
     for view, (top, left, h, w) in zip(stack, box_list):
       region = transforms.resize(image[top:top + h, left:left + w], out)
@@ -82,7 +85,6 @@ def test_views_are_the_resized_boxes_up_to_a_flip():
                  if np.allclose(view, region[::-1 if ud else 1,
                                              ::-1 if lr else 1], atol=1e-6)]
       assert matches, (top, left, h, w)
-      flips_seen.add(matches[0])
   no_flips = MultiCrop(12, 6, 4, augment=SpectralAugment.identity(),
                        flips=False)
   views, boxes = no_flips.crop_with_boxes(image, np.random.default_rng(3))
@@ -130,3 +132,97 @@ def test_bad_arguments_fail():
     MultiCrop(16, 8, -1)
   with pytest.raises(ValueError, match="one"):
     MultiCrop(16, 8, 2)(np.zeros((2, 8, 8, 3)), np.random.default_rng(0))
+
+
+# --- Pipeline: views_fn batches ---------------------------------------------
+
+MEANS = np.array([10.0, -2.0, 0.5, 100.0], np.float32)
+STDS = np.array([2.0, 0.5, 1.0, 20.0], np.float32)
+
+
+def _dataset(n=20, size=8):
+  bands = tuple(Band(f"b{k}", 500.0 + k, mean=float(m), std=float(s))
+                for k, (m, s) in enumerate(zip(MEANS, STDS)))
+  rng = np.random.default_rng(0)
+  images = (rng.normal(size=(n, size, size, 4)) * STDS + MEANS).astype(
+      np.float32)
+  labels = np.arange(n, dtype=np.int32) % 3
+  return Dataset(DatasetInfo("views", bands, ("a", "b", "c"),
+                             image_size=(size, size)),
+                 {"train": ArraySource(image=images, label=labels)})
+
+
+def _loader(ds, views_fn, seed=4, batch_size=4):
+  config = base_config().input
+  config.batch_size = batch_size
+  # Ignored with views_fn: the views replace the standard augmentations.
+  config.augment.flips = True
+  config.augment.random_resized_crop = True
+  return pipeline.train_loader(ds, config, seed=seed, process_index=0,
+                               process_count=1, views_fn=views_fn)
+
+
+def test_pipeline_views_batches_are_the_views_of_normalised_examples():
+  ds = _dataset()
+  crop = MultiCrop(global_size=6, local_size=4, num_local=2)
+  it = iter(_loader(ds, crop))
+  batches = [next(it) for _ in range(6)]  # 5 steps per epoch: crosses one
+  batch = batches[0]
+  assert set(batch) == {"global_crops", "local_crops", "label"}
+  assert batch["global_crops"].shape == (4, 2, 6, 6, 4)
+  assert batch["local_crops"].shape == (4, 2, 4, 4, 4)
+  assert batch["global_crops"].dtype == np.float32
+  assert batch["label"].dtype == np.int32
+  source = ds.split("train")
+  for step in (0, 5):
+    epoch, first = divmod(step * 4, 20)
+    order = np.random.default_rng([4, epoch]).permutation(20)
+    for k in range(4):
+      index = order[first + k]
+      normalised = (source[index]["image"] - MEANS) / STDS
+      expected = crop(normalised, pipeline.example_rng(4, step * 4 + k))
+      for key, value in expected.items():
+        np.testing.assert_allclose(batches[step][key][k], value, rtol=1e-5,
+                                   atol=1e-5)
+      assert batches[step]["label"][k] == index % 3
+
+
+def test_pipeline_views_see_the_normalised_unaugmented_image():
+  ds = _dataset()
+  seen = next(iter(_loader(ds, lambda image, rng: {"seen": image})))["seen"]
+  source = ds.split("train")
+  order = np.random.default_rng([4, 0]).permutation(20)
+  for k in range(4):
+    np.testing.assert_allclose(seen[k], (source[order[k]]["image"] - MEANS)
+                               / STDS, rtol=1e-6, atol=1e-6)
+
+
+def test_pipeline_views_are_deterministic_and_resume_from_iterator_state():
+  ds = _dataset()
+  crop = MultiCrop(global_size=6, local_size=4, num_local=2)
+  a = iter(_loader(ds, crop))
+  b = iter(_loader(ds, crop))
+  firsts = []
+  for _ in range(3):
+    x, y = next(a), next(b)
+    firsts.append(x)
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+  state = a.get_state()
+  expected = [next(a) for _ in range(4)]
+  fresh = iter(_loader(ds, crop))
+  fresh.set_state(state)
+  for x in expected:
+    y = next(fresh)
+    assert set(x) == set(y)
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+  other = next(iter(_loader(ds, crop, seed=5)))
+  assert not np.array_equal(other["global_crops"], firsts[0]["global_crops"])
+
+
+def test_pipeline_rejects_views_that_clash_with_labels():
+  ds = _dataset()
+  it = iter(_loader(ds, lambda image, rng: {"label": image}))
+  with pytest.raises(ValueError, match="label"):
+    next(it)

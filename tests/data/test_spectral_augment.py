@@ -1,4 +1,4 @@
-"""Spectral augmentations: identities, per-band statistics, blur and solarise."""
+"""Spectral augmentations: identities, per-band statistics, blur, solarise."""
 import math
 
 import numpy as np
@@ -156,7 +156,8 @@ def test_random_flips_are_flips_of_both_axes():
   for seed in range(40):
     out = sa.random_flips(image, np.random.default_rng(seed))
     matches = [(lr, ud) for lr in (0, 1) for ud in (0, 1)
-               if np.array_equal(out, image[::-1 if ud else 1, ::-1 if lr else 1])]
+               if np.array_equal(out, image[::-1 if ud else 1,
+                                            ::-1 if lr else 1])]
     assert len(matches) == 1
     seen.add(matches[0])
   assert len(seen) == 4
