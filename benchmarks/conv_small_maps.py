@@ -1,18 +1,22 @@
-"""One 3x3 convolution on small maps: flax nn.Conv vs eo_jax layers.Conv vs torch.
+"""One convolution: flax nn.Conv vs eo_jax layers.Conv vs torch nn.Conv2d.
 
-    python -m benchmarks.conv_small_maps [--batch_size 64] [--rounds 7]
+    python -m benchmarks.conv_small_maps                     # 2x2 .. 16x16
+    python -m benchmarks.conv_small_maps --shapes truncated  # 128x128 model
 
-Times a single bias-free 3x3 convolution at ResNet-18 shapes (batch 64):
-the 2x2x512 and 4x4x256 maps of its last two stages at 64x64 input, the
-strided convs entering those stages, and 8x8 / 16x16 maps for contrast. Each
-shape is run forward only and forward+backward (gradients w.r.t. input and
-kernel, as in training) by
+Times a single bias-free convolution at ResNet-18 shapes (batch 64). The
+default set is the 3x3 convs on the 2x2x512 and 4x4x256 maps of ResNet-18's
+last two stages at 64x64 input, the strided convs entering those stages, and
+8x8 / 16x16 maps for contrast; `--shapes truncated` has every conv shape of
+the truncated ResNet-18 at 128x128x13 input. Each shape runs forward only
+and forward+backward (the gradients training needs: kernel and input, or
+the kernel only for the stem, whose input is the image) by
 
   * `flax.linen.Conv`, i.e. XLA's own convolution ("before");
-  * `eo_jax.models.layers.Conv` with its default threshold ("after"): im2col
-    on maps <= `layers.IM2COL_MAX_SIZE`, XLA's convolution above;
-  * `layers.conv_im2col` forced on every shape, to show where the threshold
-    should sit;
+  * `eo_jax.models.layers.Conv` as models use it ("after"): im2col on maps
+    <= `layers.IM2COL_MAX_SIZE`, above that XLA's convolution with the
+    kernel gradient computed as matmuls (`conv_matmul_kernel_grad`);
+  * the im2col formulation forced on every shape, to show where the
+    threshold should sit;
   * `torch.nn.Conv2d` (NCHW, oneDNN), the reference.
 
 All four run in the same process, interleaved round by round so that load
@@ -29,32 +33,50 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
 import torch
 
 from eo_jax.models import layers
 
-# (name, input size, channels in, channels out, stride). The first five are
-# the 3x3 convs of ResNet-18 at 64x64 input from stage 3 on.
-SHAPES = (
-    ("2x2 512->512 s1", 2, 512, 512, 1),
-    ("4x4 256->512 s2", 4, 256, 512, 2),
-    ("4x4 256->256 s1", 4, 256, 256, 1),
-    ("8x8 128->256 s2", 8, 128, 256, 2),
-    ("8x8 128->128 s1", 8, 128, 128, 1),
-    ("16x16 64->64 s1", 16, 64, 64, 1),
-)
+# name -> (label, input size, channels in, channels out, kernel, stride,
+# input gradient needed). 'small': where im2col applies (<= 4x4) and just
+# above. 'truncated': the truncated ResNet-18 at 128x128x13 (maps >= 16x16,
+# so all XLA convolutions), to see where a whole-model gap to torch lies.
+SHAPE_SETS = {
+    "small": (
+        ("2x2 512->512 s1", 2, 512, 512, 3, 1, True),
+        ("4x4 256->512 s2", 4, 256, 512, 3, 2, True),
+        ("4x4 256->256 s1", 4, 256, 256, 3, 1, True),
+        ("8x8 128->256 s2", 8, 128, 256, 3, 2, True),
+        ("8x8 128->128 s1", 8, 128, 128, 3, 1, True),
+        ("16x16 64->64 s1", 16, 64, 64, 3, 1, True),
+    ),
+    "truncated": (
+        ("128 7x7 13->64 s2", 128, 13, 64, 7, 2, False),
+        ("32 3x3 64->64 s1", 32, 64, 64, 3, 1, True),
+        ("32 3x3 64->128 s2", 32, 64, 128, 3, 2, True),
+        ("32 1x1 64->128 s2", 32, 64, 128, 1, 2, True),
+        ("16 3x3 128->128 s1", 16, 128, 128, 3, 1, True),
+    ),
+}
 
 IMPLS = ("nn.Conv", "layers.Conv", "im2col", "torch")
+PASSES = ("fwd", "fwd+bwd")
+
+Thunk = Callable[[], object]
 
 
-def _jax_fns(size: int, cin: int, cout: int, stride: int, batch: int
-             ) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
+def _out_size(size: int, kernel: int, stride: int) -> int:
+  pad = (kernel - 1) // 2
+  return (size + 2 * pad - kernel) // stride + 1
+
+
+def _jax_fns(size: int, cin: int, cout: int, kernel: int, stride: int,
+             input_grad: bool, batch: int) -> dict[str, tuple[Thunk, Thunk]]:
   """{impl: (forward, forward+backward)} thunks returning arrays to block on."""
   x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
-  kw = dict(features=cout, kernel_size=(3, 3), strides=stride,
-            padding=((1, 1), (1, 1)), use_bias=False)
+  pad = (kernel - 1) // 2
+  kw = dict(features=cout, kernel_size=(kernel, kernel), strides=stride,
+            padding=((pad, pad), (pad, pad)), use_bias=False)
   modules = {
       "nn.Conv": nn.Conv(**kw),
       "layers.Conv": layers.Conv(**kw),
@@ -62,16 +84,18 @@ def _jax_fns(size: int, cin: int, cout: int, stride: int, batch: int
       "im2col": layers.Conv(**kw, im2col_max_size=1 << 16),
   }
   params = nn.Conv(**kw).init(jax.random.key(1), x)["params"]
-  out_size = (size - 1) // stride + 1
-  cotangent = jax.random.normal(jax.random.key(2),
-                                (batch, out_size, out_size, cout))
+  out = _out_size(size, kernel, stride)
+  cotangent = jax.random.normal(jax.random.key(2), (batch, out, out, cout))
   fns = {}
   for name, module in modules.items():
     def forward(p, x, m=module):
       return m.apply({"params": p}, x)
 
     def forward_backward(p, x, m=module):
-      _, vjp = jax.vjp(lambda p, x: m.apply({"params": p}, x), p, x)
+      if input_grad:
+        _, vjp = jax.vjp(lambda p, x: m.apply({"params": p}, x), p, x)
+      else:
+        _, vjp = jax.vjp(lambda p: m.apply({"params": p}, x), p)
       return vjp(cotangent)
 
     fwd, fwd_bwd = jax.jit(forward), jax.jit(forward_backward)
@@ -79,13 +103,14 @@ def _jax_fns(size: int, cin: int, cout: int, stride: int, batch: int
   return fns
 
 
-def _torch_fns(size: int, cin: int, cout: int, stride: int, batch: int
-               ) -> tuple[Callable[[], object], Callable[[], object]]:
+def _torch_fns(size: int, cin: int, cout: int, kernel: int, stride: int,
+               input_grad: bool, batch: int) -> tuple[Thunk, Thunk]:
   torch.manual_seed(0)
-  conv = torch.nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-  x = torch.randn(batch, cin, size, size, requires_grad=True)
-  out_size = (size - 1) // stride + 1
-  cotangent = torch.randn(batch, cout, out_size, out_size)
+  conv = torch.nn.Conv2d(cin, cout, kernel, stride=stride,
+                         padding=(kernel - 1) // 2, bias=False)
+  x = torch.randn(batch, cin, size, size, requires_grad=input_grad)
+  out = _out_size(size, kernel, stride)
+  cotangent = torch.randn(batch, cout, out, out)
 
   def forward():
     with torch.no_grad():
@@ -95,7 +120,7 @@ def _torch_fns(size: int, cin: int, cout: int, stride: int, batch: int
     x.grad = None
     conv.weight.grad = None
     conv(x).backward(cotangent)
-    return x.grad
+    return conv.weight.grad
 
   return forward, forward_backward
 
@@ -106,7 +131,7 @@ def _block(out) -> None:
     jax.block_until_ready(out)
 
 
-def _time_calls(fn: Callable[[], object], calls: int) -> float:
+def _time_calls(fn: Thunk, calls: int) -> float:
   """Mean seconds per call over `calls` back-to-back calls."""
   start = time.perf_counter()
   for _ in range(calls):
@@ -115,7 +140,7 @@ def _time_calls(fn: Callable[[], object], calls: int) -> float:
   return (time.perf_counter() - start) / calls
 
 
-def _calls_for(fn: Callable[[], object], budget_s: float) -> int:
+def _calls_for(fn: Thunk, budget_s: float) -> int:
   """How many calls fit in about `budget_s`, from one (warm) call."""
   start = time.perf_counter()
   _block(fn())
@@ -123,48 +148,51 @@ def _calls_for(fn: Callable[[], object], budget_s: float) -> int:
   return int(min(50, max(1, budget_s / max(elapsed, 1e-6))))
 
 
-def measure(batch: int, rounds: int, budget_s: float
+def measure(shapes, batch: int, rounds: int, budget_s: float
             ) -> dict[tuple[str, str, str], list[float]]:
-  """{(shape, 'fwd'|'fwd+bwd', impl): seconds per call, one per round}."""
+  """{(shape, pass, impl): seconds per call, one entry per round}."""
   times = {}
-  for shape_name, size, cin, cout, stride in SHAPES:
-    fns = _jax_fns(size, cin, cout, stride, batch)
-    fns["torch"] = _torch_fns(size, cin, cout, stride, batch)
-    for mode_index, mode in enumerate(("fwd", "fwd+bwd")):
-      thunks = {impl: fns[impl][mode_index] for impl in IMPLS}
+  for shape in shapes:
+    name, *spec = shape
+    fns = _jax_fns(*spec, batch)
+    fns["torch"] = _torch_fns(*spec, batch)
+    for pass_index, pass_name in enumerate(PASSES):
+      thunks = {impl: fns[impl][pass_index] for impl in IMPLS}
       for fn in thunks.values():  # compile and warm up
         _block(fn())
       calls = {impl: _calls_for(fn, budget_s) for impl, fn in thunks.items()}
       for _ in range(rounds):
         for impl, fn in thunks.items():
-          times.setdefault((shape_name, mode, impl), []).append(
+          times.setdefault((name, pass_name, impl), []).append(
               _time_calls(fn, calls[impl]))
-    print(f"  measured {shape_name}", flush=True)
+    print(f"  measured {name}", flush=True)
   return times
 
 
-def report(times: dict[tuple[str, str, str], list[float]]) -> None:
-  header = (f"{'shape (batch 64 NHWC)':<18} {'pass':<8}" +
-            "".join(f"{impl + ' ms':>15}" for impl in IMPLS) +
-            f"{'before/after':>14}{'after/torch':>13}{'im2col/torch':>14}")
+def report(shapes, times: dict[tuple[str, str, str], list[float]]) -> None:
+  header = (f"{'shape (batch 64)':<19}{'pass':<8}" +
+            "".join(f"{impl + ' ms':>18}" for impl in IMPLS) +
+            f"{'before/after':>13}{'after/torch':>12}{'im2col/torch':>13}")
   print(header)
   print("-" * len(header))
-  for shape_name, *_ in SHAPES:
-    for mode in ("fwd", "fwd+bwd"):
-      med = {i: statistics.median(times[(shape_name, mode, i)]) for i in IMPLS}
-      best = {i: min(times[(shape_name, mode, i)]) for i in IMPLS}
-      cells = "".join(f"{1e3 * med[i]:>8.2f} ({1e3 * best[i]:.2f})"
-                      .rjust(15) for i in IMPLS)
-      # Ratios of times: >1 in 'before/after' means layers.Conv is faster
-      # than nn.Conv; >1 in '*/torch' means slower than torch.
-      print(f"{shape_name:<18} {mode:<8}{cells}"
-            f"{med['nn.Conv'] / med['layers.Conv']:>13.1f}x"
-            f"{med['layers.Conv'] / med['torch']:>12.2f}x"
-            f"{med['im2col'] / med['torch']:>13.2f}x")
+  for name, *_ in shapes:
+    for pass_name in PASSES:
+      runs = {i: times[(name, pass_name, i)] for i in IMPLS}
+      med = {i: statistics.median(v) for i, v in runs.items()}
+      cells = "".join(
+          f"{1e3 * med[i]:.2f} ({1e3 * min(runs[i]):.2f})".rjust(18)
+          for i in IMPLS)
+      # Ratios of median times. before/after > 1: layers.Conv is faster
+      # than nn.Conv; */torch > 1: slower than torch.
+      print(f"{name:<19}{pass_name:<8}{cells}"
+            f"{med['nn.Conv'] / med['layers.Conv']:>12.1f}x"
+            f"{med['layers.Conv'] / med['torch']:>11.2f}x"
+            f"{med['im2col'] / med['torch']:>12.2f}x")
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--shapes", default="small", choices=sorted(SHAPE_SETS))
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--rounds", type=int, default=7,
                       help="interleaved repeats; cells are medians over them")
@@ -176,11 +204,12 @@ def main() -> None:
         f"{torch.__version__} ({torch.get_num_threads()} threads), "
         f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
         f"layers.IM2COL_MAX_SIZE={layers.IM2COL_MAX_SIZE}")
-  times = measure(args.batch_size, args.rounds, args.budget_s)
+  shapes = SHAPE_SETS[args.shapes]
+  times = measure(shapes, args.batch_size, args.rounds, args.budget_s)
   print(f"load after: {os.getloadavg()[0]:.2f}")
-  print("ms per call: median over rounds (min); 'after' = layers.Conv, "
-        "'before' = nn.Conv")
-  report(times)
+  print("ms per call: median over rounds (min); 'before' = nn.Conv, "
+        "'after' = layers.Conv")
+  report(shapes, times)
 
 
 if __name__ == "__main__":

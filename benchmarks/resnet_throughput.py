@@ -1,8 +1,10 @@
-"""ResNet train-step throughput on CPU: eo_jax (Flax) vs the same net in PyTorch.
+"""ResNet train-step throughput on CPU: eo_jax (Flax) vs the same PyTorch net.
 
-    python -m benchmarks.resnet_throughput            # truncated ResNet-18, 128x128x13
-    python -m benchmarks.resnet_throughput --model resnet18 --image_size 64
-    python -m benchmarks.resnet_throughput --model resnet18 --image_size 64 --no_im2col
+    # Truncated ResNet-18 on 128x128x13, before/after eo_jax's layers:
+    python -m benchmarks.resnet_throughput --baseline plain
+    # Full ResNet-18 on 64x64x13 (2x2 maps in the last stage), im2col:
+    python -m benchmarks.resnet_throughput --model resnet18 --image_size 64 \
+        --baseline no_im2col
 
 A train step is forward + backward + AdamW update on a synthetic batch that
 is already in memory: for JAX one jitted function with the state donated,
@@ -16,14 +18,18 @@ are printed and must match). Both use AdamW (lr 1e-3, betas 0.9/0.999, eps
 1e-8, weight decay 1e-4 on the >= 2-d weights only, eo_jax's default
 `config.optim` with a constant schedule) and softmax cross-entropy.
 
-The two are timed in the same process, interleaved: each round runs
-`--steps` JAX steps then `--steps` PyTorch steps, so that load from other
-processes on the machine hits both alike. Reported: images/s as the median
-and the best over rounds, and the ratio jax/torch (> 1: JAX is faster).
+The runs are timed in the same process, interleaved: each round runs
+`--steps` steps of each, so that load from other processes on the machine
+hits them alike. Reported: images/s as the median and the best over rounds,
+and the ratio jax/torch (> 1: JAX is faster).
 
-`--no_im2col` builds the eo_jax model with every `layers.Conv` going to
-XLA's own convolution (threshold 0), the state before the im2col
-formulation; run with and without it to get the before/after ratio.
+eo_jax's layers route around slow XLA CPU kernels: `layers.Conv` computes
+maps <= 4x4 as im2col and, on larger maps, the kernel gradient as matmuls;
+`layers.MaxPool` has its own gradient. `--no_im2col`,
+`--no_matmul_kernel_grad` and `--no_max_pool_views_grad` switch these off
+in the measured model; `--baseline X` times a second eo_jax model with X
+switched off, interleaved with the first, for a before/after ratio ('plain':
+all off, every conv `nn.Conv` and the pool `nn.max_pool`).
 """
 from __future__ import annotations
 
@@ -51,6 +57,16 @@ from eo_jax.train import optim
 NUM_BANDS = 13
 NUM_CLASSES = 10
 
+# `layers.override_formulations` arguments of the --baseline choices.
+BASELINES = {
+    "none": {},
+    "no_im2col": dict(im2col_max_size=0),
+    "no_matmul_kernel_grad": dict(matmul_kernel_grad=False),
+    "no_max_pool_views_grad": dict(max_pool_views_grad=False),
+    "plain": dict(im2col_max_size=0, matmul_kernel_grad=False,
+                  max_pool_views_grad=False),
+}
+
 # What each benchmarked eo_jax model is, for the PyTorch twin.
 _ARCHS = {
     "resnet18_truncated": dict(num_stages=2, head="mlp"),
@@ -73,9 +89,11 @@ def _optim_config() -> ml_collections.ConfigDict:
 
 
 def make_jax_step(model_name: str, batch: int, image_size: int,
-                  im2col_max_size: int | None
+                  overrides: dict[str, Any]
                   ) -> tuple[Callable[[], Any], Callable[[], None], int]:
   """A jitted train step on a fixed device batch.
+
+  `overrides` are `layers.override_formulations` arguments.
 
   Returns:
     `(step, block, num_params)`: `step()` runs one update on the state held
@@ -87,7 +105,8 @@ def make_jax_step(model_name: str, batch: int, image_size: int,
   image = jax.random.normal(jax.random.key(0),
                             (batch, image_size, image_size, NUM_BANDS))
   label = jax.random.randint(jax.random.key(1), (batch,), 0, NUM_CLASSES)
-  with jax.threefry_partitionable(False):  # fast init compile, any stream will do
+  # The non-partitionable RNG compiles init much faster; any stream will do.
+  with jax.threefry_partitionable(False):
     variables = jax.jit(lambda x: model.init(
         {"params": jax.random.key(2), "dropout": jax.random.key(3)}, x))(image)
   params, batch_stats = variables["params"], variables["batch_stats"]
@@ -96,7 +115,7 @@ def make_jax_step(model_name: str, batch: int, image_size: int,
                                total_steps=1)
   state = (params, batch_stats, tx.init(params), jnp.zeros((), jnp.int32))
 
-  def loss_fn(params, batch_stats, step):
+  def loss_fn(params, batch_stats, step, image, label):
     (logits, _), new_vars = model.apply(
         {"params": params, "batch_stats": batch_stats}, image, train=True,
         rngs={"dropout": jax.random.fold_in(jax.random.key(4), step)},
@@ -104,35 +123,32 @@ def make_jax_step(model_name: str, batch: int, image_size: int,
     loss = losses.cross_entropy(logits, label).mean()
     return loss, new_vars["batch_stats"]
 
-  def train_step(state):
+  def train_step(state, image, label):
     params, batch_stats, opt_state, step = state
     grads, batch_stats = jax.grad(loss_fn, has_aux=True)(
-        params, batch_stats, step)
+        params, batch_stats, step, image, label)
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), batch_stats, opt_state,
             step + 1)
 
-  if im2col_max_size is not None:
-    # layers.Conv reads its threshold when the step is traced, i.e. at the
-    # first call below; hold the override through that call.
-    train_step = _with_im2col_max_size(train_step, im2col_max_size)
-  jit_step = jax.jit(train_step, donate_argnums=0)
+  def overridden_step(state, image, label):
+    # The layers pick their formulation when the step is traced (its first
+    # call), so the override sits inside the jitted function.
+    with layers.override_formulations(**overrides):
+      return train_step(state, image, label)
+
+  jit_step = jax.jit(overridden_step, donate_argnums=0)
   holder = [state]
 
   def step():
-    holder[0] = jit_step(holder[0])
+    # The batch is an argument, not a closed-over constant, as in training:
+    # XLA would otherwise constant-fold ops on the image at compile time.
+    holder[0] = jit_step(holder[0], image, label)
 
   def block():
     jax.block_until_ready(holder[0])
 
   return step, block, num_params
-
-
-def _with_im2col_max_size(fn: Callable, size: int) -> Callable:
-  def wrapped(*args):
-    with layers.im2col_max_size(size):
-      return fn(*args)
-  return wrapped
 
 
 # ---------------------------------------------------------------------------
@@ -244,14 +260,23 @@ def main() -> None:
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--image_size", type=int, default=128,
                       help="128: the seed's 64x64 patches resized to 128x128")
-  parser.add_argument("--steps", type=int, default=3,
+  parser.add_argument("--steps", type=int, default=2,
                       help="train steps per timed round, per framework")
-  parser.add_argument("--rounds", type=int, default=5,
+  parser.add_argument("--rounds", type=int, default=3,
                       help="interleaved jax/torch rounds")
-  parser.add_argument("--warmup", type=int, default=2,
+  parser.add_argument("--warmup", type=int, default=1,
                       help="untimed steps per framework (after compilation)")
   parser.add_argument("--no_im2col", action="store_true",
-                      help="send every layers.Conv to XLA's convolution")
+                      help="layers.Conv im2col threshold 0 (no im2col)")
+  parser.add_argument("--no_matmul_kernel_grad", action="store_true",
+                      help="layers.Conv keeps XLA's kernel gradient")
+  parser.add_argument("--no_max_pool_views_grad", action="store_true",
+                      help="layers.MaxPool keeps XLA's gradient")
+  parser.add_argument("--baseline", default="none", choices=sorted(BASELINES),
+                      help="also time the eo_jax model with these layer "
+                      "formulations switched off, interleaved; 'plain' is "
+                      "all of them (nn.Conv, nn.max_pool): the before/after "
+                      "ratio")
   parser.add_argument("--skip_torch", action="store_true")
   args = parser.parse_args()
 
@@ -261,27 +286,40 @@ def main() -> None:
   print(f"jax {jax.__version__} ({jax.default_backend()}), torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads), "
         f"{threads} CPUs, load {os.getloadavg()[0]:.2f}")
+  overrides = {}
+  if args.no_im2col:
+    overrides.update(BASELINES["no_im2col"])
+  if args.no_matmul_kernel_grad:
+    overrides.update(BASELINES["no_matmul_kernel_grad"])
+  if args.no_max_pool_views_grad:
+    overrides.update(BASELINES["no_max_pool_views_grad"])
   print(f"model {args.model}, input {batch}x{args.image_size}x"
-        f"{args.image_size}x{NUM_BANDS}, {NUM_CLASSES} classes, im2col "
-        f"threshold {0 if args.no_im2col else layers.IM2COL_MAX_SIZE}")
+        f"{args.image_size}x{NUM_BANDS}, {NUM_CLASSES} classes, layer "
+        f"overrides {overrides or 'none'}")
 
-  start = time.perf_counter()
-  jax_step, jax_block, jax_params = make_jax_step(
-      args.model, batch, args.image_size, 0 if args.no_im2col else None)
-  jax_step()
-  jax_block()
-  print(f"jax: {jax_params:,} params, build + compile + first step "
-        f"{time.perf_counter() - start:.1f} s")
+  variants = {"jax": overrides}
+  if args.baseline != "none":
+    variants["baseline"] = BASELINES[args.baseline]
+    print(f"baseline: jax with {BASELINES[args.baseline]}")
+  runs = {}
+  for name, variant_overrides in variants.items():
+    start = time.perf_counter()
+    step, block, jax_params = make_jax_step(args.model, batch,
+                                            args.image_size, variant_overrides)
+    step()
+    block()
+    runs[name] = (step, block)
+    print(f"{name}: {jax_params:,} params, build + compile + first step "
+          f"{time.perf_counter() - start:.1f} s")
   torch_step, torch_params = make_torch_step(args.model, batch,
                                              args.image_size)
   print(f"torch: {torch_params:,} params")
   if jax_params != torch_params:
     raise SystemExit("The two networks differ; fix TorchResNet before "
                      "comparing their speed.")
-
-  runs = {"jax": (jax_step, jax_block)}
   if not args.skip_torch:
     runs["torch"] = (torch_step, lambda: None)
+
   for step, block in runs.values():
     for _ in range(args.warmup):
       step()
@@ -296,12 +334,16 @@ def main() -> None:
   print(f"load after: {os.getloadavg()[0]:.2f}")
   med = {name: statistics.median(v) for name, v in rates.items()}
   best = {name: max(v) for name, v in rates.items()}
-  print(f"{'':<8}{'median img/s':>14}{'best img/s':>12}")
+  print(f"{'':<10}{'median img/s':>14}{'best img/s':>12}")
   for name in runs:
-    print(f"{name:<8}{med[name]:>14.1f}{best[name]:>12.1f}")
+    print(f"{name:<10}{med[name]:>14.1f}{best[name]:>12.1f}")
   if "torch" in runs:
     print(f"ratio jax/torch: median {med['jax'] / med['torch']:.2f}, "
           f"best {best['jax'] / best['torch']:.2f}")
+  if "baseline" in runs:
+    print(f"ratio jax/baseline (after/before): median "
+          f"{med['jax'] / med['baseline']:.2f}, best "
+          f"{best['jax'] / best['baseline']:.2f}")
 
 
 if __name__ == "__main__":

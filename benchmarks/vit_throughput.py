@@ -11,7 +11,9 @@ separate q/k/v projections, fused scaled-dot-product attention, exact GELU,
 LayerNorm eps 1e-6, a linear head on the cls token). Before timing, the JAX
 initial weights are copied into the PyTorch model and the logits compared,
 so the two really compute the same function. Both use all CPU threads
-unless `--threads` is given. Prints images/s for each and the JAX/PyTorch
+unless `--threads` is given. The steps alternate between the two
+frameworks and the median step time is reported, so that other load on the
+machine hits both alike. Prints images/s for each and the JAX/PyTorch
 ratio.
 """
 from __future__ import annotations
@@ -122,13 +124,23 @@ def copy_jax_weights(params, model: TorchViT) -> None:
 
 
 # ------------------------------------------------------------------ timing
-def _time(step, steps: int, warmup: int) -> float:
+def _time_interleaved(steps_a, steps_b, steps: int, warmup: int
+                      ) -> tuple[float, float]:
+  """Median seconds per step of two step functions, run alternately.
+
+  Alternating makes any load from other processes on the machine fall on
+  both sides alike; the median ignores a step that such load hit hard.
+  """
   for _ in range(warmup):
-    step()
-  start = time.perf_counter()
+    steps_a()
+    steps_b()
+  times_a, times_b = [], []
   for _ in range(steps):
-    step()
-  return (time.perf_counter() - start) / steps
+    for fn, times in ((steps_a, times_a), (steps_b, times_b)):
+      start = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - start)
+  return float(np.median(times_a)), float(np.median(times_b))
 
 
 def run(variant: str = "S/8", image_size: int = 64, bands: int = 13,
@@ -195,13 +207,15 @@ def run(variant: str = "S/8", image_size: int = 64, bands: int = 13,
     loss.backward()
     opt.step()
 
-  jax_s = _time(one_jax_step, steps, warmup)
-  torch_s = _time(one_torch_step, steps, warmup)
+  load_before = os.getloadavg()[0]
+  jax_s, torch_s = _time_interleaved(one_jax_step, one_torch_step, steps,
+                                     warmup)
   return {"params": num_params, "logit_max_abs_diff": max_diff,
           "jax_img_s": batch / jax_s, "torch_img_s": batch / torch_s,
           "jax_ms_step": 1000 * jax_s, "torch_ms_step": 1000 * torch_s,
           "ratio_jax_over_torch": torch_s / jax_s,
-          "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+          "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+          "load_before": load_before, "load_after": os.getloadavg()[0]}
 
 
 def main() -> None:
@@ -220,13 +234,16 @@ def main() -> None:
   tokens = (args.image_size // vit_lib.parse_variant(args.variant)[1])**2 + 1
   print(f"ViT-{args.variant}, {args.image_size}x{args.image_size}x{args.bands}, "
         f"{tokens} tokens, {r['params'] / 1e6:.2f} M params, batch "
-        f"{args.batch}, {args.steps} timed steps after {args.warmup} warm-up; "
+        f"{args.batch}, median of {args.steps} alternating timed steps after "
+        f"{args.warmup} warm-up; "
         f"{r['cpus']} CPUs, torch threads {r['torch_threads']}, jax "
         f"{jax.__version__} ({jax.default_backend()}), torch {torch.__version__}")
   print(f"same logits at init: max |diff| = {r['logit_max_abs_diff']:.2e}")
   print(f"JAX     : {r['jax_img_s']:8.2f} img/s  ({r['jax_ms_step']:.0f} ms/step)")
   print(f"PyTorch : {r['torch_img_s']:8.2f} img/s  ({r['torch_ms_step']:.0f} ms/step)")
   print(f"ratio JAX / PyTorch throughput: {r['ratio_jax_over_torch']:.2f}x")
+  print(f"1-min load average before/after timing: {r['load_before']:.1f} / "
+        f"{r['load_after']:.1f} (other processes share the CPUs when > 0)")
 
 
 if __name__ == "__main__":

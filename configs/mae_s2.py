@@ -43,7 +43,7 @@ DECODERS = {"light": dict(decoder_width=128, decoder_depth=2, decoder_heads=4),
 
 def get_config(arg=None):
   arg = parse_arg(arg, variant="Ti/8", decoder="light", base_lr=1.5e-4,
-                  epochs=200, runlocal=False)
+                  epochs=200.0, runlocal=False)
   if arg.decoder not in DECODERS:
     raise ValueError(f"decoder must be one of {sorted(DECODERS)}, got "
                      f"{arg.decoder!r}.")

@@ -61,6 +61,7 @@ def base_config() -> ConfigDict:
   c.optim.eps = 1e-8
   c.optim.rho = 0.9                 # adadelta
   c.optim.weight_decay = 1e-4
+  c.optim.weight_decay_end = None   # float -> cosine from weight_decay to it
   c.optim.decay_norms_and_biases = False
   c.optim.schedule = "cosine"       # constant | cosine | polynomial | step
   c.optim.warmup_epochs = 0.0

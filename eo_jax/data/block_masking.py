@@ -73,6 +73,14 @@ def block_mask(rng: jax.Array, grid: tuple[int, int], num_masked: jax.Array,
   Returns:
     (gh, gw) bool mask; its count never exceeds `num_masked`.
   """
+  return _block_mask(jax.random.uniform(rng, (attempts, 4)), grid, num_masked,
+                     min_patches, min_aspect, max_block)
+
+
+def _block_mask(draws: jax.Array, grid: tuple[int, int], num_masked: jax.Array,
+                min_patches: int, min_aspect: float, max_block: int | None
+                ) -> jax.Array:
+  """`block_mask` from (attempts, 4) uniform draws in [0, 1)."""
   gh, gw = grid
   if max_block is None:
     max_block = max(1, (gh * gw) // 2)
@@ -82,7 +90,7 @@ def block_mask(rng: jax.Array, grid: tuple[int, int], num_masked: jax.Array,
   target = jnp.asarray(num_masked, jnp.int32)
 
   def attempt(i, mask):
-    u = jax.random.uniform(jax.random.fold_in(rng, i), (4,))
+    u = draws[i]
     remaining = target - jnp.sum(mask, dtype=jnp.int32)
     cap = jnp.minimum(remaining, max_block).astype(jnp.float32)
     # random.uniform(a, b) of DINOv2 also works for b < a (small remainders).
@@ -99,7 +107,7 @@ def block_mask(rng: jax.Array, grid: tuple[int, int], num_masked: jax.Array,
               & (remaining > 0))
     return mask | (rect & accept)
 
-  return jax.lax.fori_loop(0, attempts, attempt,
+  return jax.lax.fori_loop(0, draws.shape[0], attempt,
                            jnp.zeros((gh, gw), dtype=bool))
 
 
@@ -113,15 +121,16 @@ def mask_targets(rng: jax.Array, num_samples: int, num_patches: int,
   """
   lo, hi = _check(num_patches, ratio_min_max, sample_probability)
   num_masked_samples = int(num_samples * sample_probability)
-  order_rng, ratio_rng = jax.random.split(rng)
+  # One draw: the first row places the targets, the second the ratios.
+  u = jax.random.uniform(rng, (2, num_samples))
   edges = jnp.linspace(lo, hi, num_masked_samples + 1)
-  u = jax.random.uniform(ratio_rng, (num_masked_samples,))
-  ratios = edges[:-1] + (edges[1:] - edges[:-1]) * u
+  ratios = edges[:-1] + (edges[1:] - edges[:-1]) * u[1, :num_masked_samples]
   targets = jnp.floor(num_patches * ratios).astype(jnp.int32)
   targets = jnp.minimum(targets, max_masked(num_patches, hi))
   targets = jnp.concatenate(
       [targets, jnp.zeros((num_samples - num_masked_samples,), jnp.int32)])
-  return jax.random.permutation(order_rng, targets)
+  # A random permutation: the order of uniform draws.
+  return targets[jnp.argsort(u[0])]
 
 
 def ibot_masks(rng: jax.Array, num_samples: int, grid: tuple[int, int],
@@ -137,10 +146,11 @@ def ibot_masks(rng: jax.Array, num_samples: int, grid: tuple[int, int],
   target_rng, block_rng = jax.random.split(rng)
   targets = mask_targets(target_rng, num_samples, gh * gw, ratio_min_max,
                          sample_probability)
-  keys = jax.random.split(block_rng, num_samples)
-  masks = jax.vmap(lambda k, n: block_mask(
-      k, grid, n, min_patches=min_patches, min_aspect=min_aspect,
-      attempts=attempts))(keys, targets)
+  # One draw for every crop and attempt: each random-bits call in a jitted
+  # step costs compile time.
+  draws = jax.random.uniform(block_rng, (num_samples, attempts, 4))
+  masks = jax.vmap(lambda d, n: _block_mask(
+      d, grid, n, min_patches, min_aspect, None))(draws, targets)
   return masks.reshape(num_samples, gh * gw)
 
 

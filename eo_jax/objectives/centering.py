@@ -36,8 +36,12 @@ def _weights(logits: jax.Array, weights: jax.Array | None) -> jax.Array:
 
 def softmax_center(logits: jax.Array, center: jax.Array,
                    temperature: float | jax.Array) -> jax.Array:
-  """softmax((logits - center) / temperature) over the last axis, float32."""
-  return jax.nn.softmax((logits.astype(jnp.float32) - center) / temperature,
+  """softmax((logits - center) / temperature) over the last axis, float32.
+
+  A teacher target: no gradient flows to the logits or the centre.
+  """
+  logits = jax.lax.stop_gradient(logits.astype(jnp.float32))
+  return jax.nn.softmax((logits - jax.lax.stop_gradient(center)) / temperature,
                         axis=-1)
 
 
@@ -94,7 +98,8 @@ def sinkhorn_knopp(logits: jax.Array, temperature: float | jax.Array,
   # Padding rows must not move the maximum (nor produce inf).
   shift = jnp.max(jnp.where(w > 0, logits, -jnp.inf))
   shift = jnp.where(jnp.isfinite(shift), shift, 0.0)
-  q = jnp.exp((logits - shift) / temperature) * w
+  # Padding rows are masked before exp(): their logits may be anything.
+  q = jnp.exp(jnp.where(w > 0, logits - shift, -jnp.inf) / temperature)
   q = q / jnp.sum(q)
   for _ in range(num_iterations):
     # Every prototype gets 1/K of the mass ...

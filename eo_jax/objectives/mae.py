@@ -17,7 +17,8 @@ them as a ConfigDict for experiment files). Evaluation hides patches with a
 FIXED key (derived from `config.seed`), so the validation loss of two
 checkpoints compares the same masks; each example's mask then depends on its
 position in the eval batch. `visualize` writes `reconstruction.png` to the
-workdir.
+workdir; `embed` gives the encoder's pooled features of unmasked images to
+the trainer's frozen-feature probes (`config.probe`).
 """
 from __future__ import annotations
 
@@ -183,10 +184,14 @@ class MAE(Objective):
                        f"patch_size {p}; set config.input.image_size.")
     return h // p, w // p
 
-  def _forward(self, params, image: jax.Array, mask_rng: jax.Array,
-               dropout_rng: jax.Array | None, train: bool
-               ) -> tuple[jax.Array, masking.RandomMask]:
-    """Predicted patches (B, N, p*p*C) and the masking used."""
+  def predict(self, params, image: jax.Array, mask_rng: jax.Array, *,
+              train: bool = False, dropout_rng: jax.Array | None = None
+              ) -> tuple[jax.Array, masking.RandomMask]:
+    """Masks `image` with `mask_rng`, encodes the visible patches, decodes.
+
+    Returns the predicted patches (B, N, p*p*C) (normalised-pixel space when
+    `norm_pix_loss`) and the `RandomMask` used.
+    """
     grid = self._grid(image)
     m = masking.random_masking(mask_rng, image.shape[0], grid[0] * grid[1],
                                self.settings["mask_ratio"])
@@ -231,7 +236,8 @@ class MAE(Objective):
            rng: jax.Array) -> tuple[jax.Array, StepOutput]:
     mask_rng, dropout_rng = jax.random.split(rng)
     image = batch["image"]
-    pred, m = self._forward(params, image, mask_rng, dropout_rng, train=True)
+    pred, m = self.predict(params, image, mask_rng, train=True,
+                           dropout_rng=dropout_rng)
     s = self.settings
     target = patch_targets(image, self.patch_size, s["norm_pix_loss"],
                            s["norm_pix_eps"])
@@ -245,8 +251,7 @@ class MAE(Objective):
 
   def eval_step(self, state: TrainState, batch) -> dict[str, jax.Array]:
     image = batch["image"]
-    pred, m = self._forward(state.params, image, self._eval_mask_rng(), None,
-                            train=False)
+    pred, m = self.predict(state.params, image, self._eval_mask_rng())
     s = self.settings
     target = patch_targets(image, self.patch_size, s["norm_pix_loss"],
                            s["norm_pix_eps"])
@@ -260,6 +265,13 @@ class MAE(Objective):
   def evaluator(self, split: str) -> MeanEvaluator:
     del split
     return MeanEvaluator(("loss", "pixel_mse"))
+
+  def embed(self, state: TrainState, image: jax.Array) -> jax.Array:
+    """(B, D) features of whole, unmasked images: the encoder's pooled output
+    (`config.model.pool`: the cls token or the mean patch token)."""
+    pooled, _ = self.encoder.apply({"params": state.params["encoder"]}, image,
+                                   False)
+    return pooled.astype(jnp.float32)
 
   def layer_id(self, path: str) -> int:
     """Encoder parameters by ViT depth; decoder parameters at the top."""
@@ -278,8 +290,7 @@ class MAE(Objective):
     visible patches the input itself; the masks are the evaluation masks.
     """
     grid = self._grid(image)
-    pred, m = self._forward(params, image, self._eval_mask_rng(), None,
-                            train=False)
+    pred, m = self.predict(params, image, self._eval_mask_rng())
     s = self.settings
     pixels = denormalize_prediction(pred, image, self.patch_size,
                                     s["norm_pix_loss"], s["norm_pix_eps"])

@@ -110,9 +110,11 @@ class Supervised(Objective):
     Applies when the model's features hold 'local_logits' (B, h, w, K) and
     the model reports where those locations look as `rf` = (size, jump,
     offset) in input pixels (BagNets do). For each of the first
-    `HEATMAP_EXAMPLES` examples it writes the evidence for the true and for
-    the predicted class over an RGB composite of `info.rgb_bands` (else the
-    first bands) to workdir/heatmaps/step_<step>/. Other models: no files.
+    `HEATMAP_EXAMPLES` examples it writes the evidence for the true class
+    (ex<i>_true_<class>.png) and for the predicted one (ex<i>_pred_<class>.png),
+    or one ex<i>_true_pred_<class>.png when they agree, over an RGB composite
+    of `info.rgb_bands` (else the first bands) to
+    workdir/heatmaps/step_<step>/. Other models: no files.
     """
     if self._has_local_logits is None:
       self._has_local_logits = _has_local_logits(self.model, state, batch)
@@ -141,19 +143,22 @@ class Supervised(Objective):
     bands = self.info.bands
     rgb = self.info.rgb_bands or tuple(range(3 if len(bands) >= 3 else 1))
     names = self.info.class_names
-    probs = jax.nn.softmax(local.mean(axis=(1, 2)), axis=-1)
+    probs = np.asarray(jax.nn.softmax(local.mean(axis=(1, 2)), axis=-1))
     paths = []
     for i, (image, label) in enumerate(zip(images, labels)):
       pred = int(np.argmax(probs[i]))
-      for kind, k in (("true", int(label)), ("pred", pred)):
+      # A correct prediction's map is the true class's: one file, not two.
+      drawn = ([("true_pred", int(label))] if pred == int(label)
+               else [("true", int(label)), ("pred", pred)])
+      for kind, k in drawn:
         heat = heatmaps.evidence_map(local[i], k, image.shape[:2], rf.jump,
                                      rf.offset, rf.size)
-        title = (f"{names[k]} (true)" if kind == "true"
-                 else f"{names[k]} (predicted, p={probs[i, k]:.2f})")
+        role = {"true": "true", "pred": "predicted",
+                "true_pred": "true = predicted"}[kind]
         slug = re.sub(r"[^A-Za-z0-9]+", "_", names[k]).strip("_")
         paths.append(heatmaps.plot_evidence(
             image, rgb, heat, os.path.join(folder, f"ex{i}_{kind}_{slug}.png"),
-            title, bands=bands))
+            f"{names[k]} ({role}, p={probs[i, k]:.2f})", bands=bands))
     return paths
 
 

@@ -46,20 +46,27 @@ def _subtree(flat: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def _resize_if_posemb(path: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-  if "pos_embedding" not in path or value.ndim != 3 or shape[0] != value.shape[0] \
-      or shape[-1] != value.shape[-1]:
+  if "pos_embedding" not in path or value.ndim != len(shape) or value.ndim not in (3, 4) \
+      or shape[0] != value.shape[0] or shape[-1] != value.shape[-1]:
     raise ValueError(
         f"Parameter {path!r} has shape {value.shape} in the source run but "
         f"{shape} here. The architectures differ; match config.model to the "
         "source run, or exclude the parameter with config.init_from.params.")
   from eo_jax.models.vit import resize_posemb  # pylint: disable=g-import-not-at-top
-  old = int(round(np.sqrt(value.shape[1])))
-  new = int(round(np.sqrt(shape[1])))
-  if old * old != value.shape[1] or new * new != shape[1]:
-    raise ValueError(f"Cannot resize non-square position embedding {path!r}: "
-                     f"{value.shape} -> {shape}.")
-  logging.info("Resizing %s from a %dx%d to a %dx%d grid.", path, old, old, new, new)
-  return np.asarray(resize_posemb(value, (new, new)))
+  if value.ndim == 4:
+    # The ViT stores its table as a (1, gh, gw, D) grid.
+    old, new = value.shape[1:3], shape[1:3]
+    grid = value
+  else:
+    side_old = int(round(np.sqrt(value.shape[1])))
+    side_new = int(round(np.sqrt(shape[1])))
+    if side_old * side_old != value.shape[1] or side_new * side_new != shape[1]:
+      raise ValueError(f"Cannot resize non-square position embedding {path!r}: "
+                       f"{value.shape} -> {shape}.")
+    old, new = (side_old, side_old), (side_new, side_new)
+    grid = value.reshape(value.shape[0], *old, value.shape[-1])
+  logging.info("Resizing %s from a %dx%d to a %dx%d grid.", path, *old, *new)
+  return np.asarray(resize_posemb(grid, new)).reshape(shape)
 
 
 def _copy(target: dict[str, Any], source: dict[str, Any], patterns: list[re.Pattern],

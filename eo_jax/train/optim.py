@@ -17,7 +17,9 @@ The update applied to a parameter is, in order:
      parameter's group multiplier and its layer-wise decay factor.
 
 Weight decay skips parameters with `ndim <= 1` (biases, norm scales and
-offsets) unless `decay_norms_and_biases` is set.
+offsets) unless `decay_norms_and_biases` is set. With `weight_decay_end`
+set (not None), the decay rate follows a cosine from `weight_decay` at step
+0 to `weight_decay_end` at `total_steps` (DINOv2: 0.04 -> 0.4).
 
 Parameter paths are the '/'-joined keys of the params tree, e.g.
 'head/kernel' or 'block_3/attn/qkv/bias'. Regexes in `groups` and `frozen`
@@ -33,6 +35,8 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+
+from eo_jax.train import schedules
 
 PyTree = Any
 Schedule = Callable[[Any], jax.Array]
@@ -236,11 +240,23 @@ def _decay_mask(decay_all: bool) -> Callable[[PyTree], PyTree]:
       lambda p: bool(decay_all or jnp.ndim(p) > 1), params)
 
 
-def _base_scaling(c: Any) -> list[optax.GradientTransformation]:
-  """Steps 3-4 of the module docstring for `c.name`."""
+def _weight_decay(c: Any, total_steps: int) -> float | Schedule:
+  """The decay rate: a constant, or a cosine to `weight_decay_end`."""
   wd = float(c.weight_decay)
+  end = c.get("weight_decay_end", None) if hasattr(c, "get") else None
+  if end is None:
+    return wd
+  if float(end) < 0 or wd < 0:
+    raise ValueError(f"config.optim.weight_decay ({wd}) and weight_decay_end "
+                     f"({end}) must be >= 0.")
+  return schedules.cosine(wd, float(end), total_steps)
+
+
+def _base_scaling(c: Any, total_steps: int) -> list[optax.GradientTransformation]:
+  """Steps 3-4 of the module docstring for `c.name`."""
+  wd = _weight_decay(c, total_steps)
   decay = (optax.add_decayed_weights(wd, _decay_mask(c.decay_norms_and_biases))
-           if wd > 0 else None)
+           if callable(wd) or wd > 0 else None)
   if c.name == "sgd":
     scale = ([optax.trace(decay=float(c.momentum), nesterov=bool(c.nesterov))]
              if float(c.momentum) > 0 else [])
@@ -291,7 +307,7 @@ def make_optimizer(
   inner = []
   if float(optim_config.grad_clip_norm) > 0:
     inner.append(optax.clip_by_global_norm(float(optim_config.grad_clip_norm)))
-  inner += _base_scaling(optim_config)
+  inner += _base_scaling(optim_config, total_steps)
   inner.append(optax.scale_by_learning_rate(schedule))
   tx = optax.chain(*inner)
 

@@ -140,22 +140,134 @@ def test_max_pool_module_matches_function():
                              rtol=1e-6)
 
 
-def test_im2col_max_size_context_overrides_threshold_while_tracing(
-    monkeypatch):
+
+def _with_kernel_grad_path(x, **conv_kwargs):
+  """nn.Conv vs layers.Conv forced onto conv_matmul_kernel_grad."""
+  ref = nn.Conv(**conv_kwargs)
+  ours = layers.Conv(**conv_kwargs, im2col_max_size=0)
+  variables = ref.init(jax.random.key(0), x)
+
+  def loss(module, params, x):
+    y = module.apply({"params": params}, x)
+    return jnp.sum(jnp.sin(y)), y
+
+  results = []
+  for module in (ref, ours):
+    (_, y), grads = jax.jit(jax.value_and_grad(
+        lambda p, x, m=module: loss(m, p, x), argnums=(0, 1), has_aux=True))(
+            variables["params"], x)
+    results.append((y, grads))
+  return variables, results
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding,dilation", [
+    ((2, 6, 6, 5), 3, 1, "SAME", 1),
+    ((2, 7, 6, 5), 3, 2, "SAME", 1),
+    ((2, 8, 8, 5), 3, 2, ((1, 1), (1, 1)), 1),
+    ((2, 9, 9, 3), 7, 2, 3, 1),
+    ((2, 8, 8, 5), 1, 2, "VALID", 1),
+    ((2, 8, 7, 5), 3, 1, "SAME", 2),
+    ((2, 8, 8, 5), 3, 1, ((2, 0), (0, 1)), 1),
+])
+def test_matmul_kernel_grad_matches_nn_conv(shape, kernel, strides, padding,
+                                            dilation):
+  x = jax.random.normal(jax.random.key(2), shape)
+  _, ((y_ref, g_ref), (y, g)) = _with_kernel_grad_path(
+      x, features=7, kernel_size=(kernel, kernel), strides=strides,
+      padding=padding, kernel_dilation=dilation)
+  np.testing.assert_allclose(y, y_ref, atol=2e-5, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-5)
+
+
+def test_matmul_kernel_grad_forward_mode_and_kernel_only():
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+  dx = jax.random.normal(jax.random.key(2), x.shape)
+  dk = jax.random.normal(jax.random.key(3), kernel.shape)
+  pads = ((1, 1), (1, 1))
+
+  def ref(x, k):
+    return jax.lax.conv_general_dilated(
+        x, k, (2, 2), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def ours(x, k):
+    return layers.conv_matmul_kernel_grad(x, k, (2, 2), pads)
+
+  _, t_ref = jax.jvp(ref, (x, kernel), (dx, dk))
+  _, t = jax.jvp(ours, (x, kernel), (dx, dk))
+  np.testing.assert_allclose(t, t_ref, atol=1e-4, rtol=1e-5)
+  # Only the kernel differentiated: the input's tangent is a symbolic zero.
+  g_ref = jax.grad(lambda k: jnp.sum(ref(x, k) ** 2))(kernel)
+  g = jax.jit(jax.grad(lambda k: jnp.sum(ours(x, k) ** 2)))(kernel)
+  np.testing.assert_allclose(g, g_ref, atol=1e-4, rtol=1e-5)
+
+
+def test_override_formulations_applies_while_tracing(monkeypatch):
   calls = []
-  original = layers.conv_im2col
-  monkeypatch.setattr(layers, "conv_im2col",
-                      lambda *a, **k: calls.append(1) or original(*a, **k))
+  for fn in ("conv_im2col", "conv_matmul_kernel_grad"):
+    original = getattr(layers, fn)
+    monkeypatch.setattr(layers, fn, lambda *a, f=original, n=fn, **k: (
+        calls.append(n), f(*a, **k))[1])
   conv = layers.Conv(features=2, kernel_size=(3, 3))
-  x = jnp.ones((1, 2, 2, 3))
-  variables = conv.init(jax.random.key(0), x)
+  small, large = jnp.ones((1, 2, 2, 3)), jnp.ones((1, 8, 8, 3))
+  variables = conv.init(jax.random.key(0), small)
   calls.clear()
-  with layers.im2col_max_size(0):
-    y_xla = conv.apply(variables, x)
+  conv.apply(variables, small)
+  conv.apply(variables, large)
+  assert calls == ["conv_im2col", "conv_matmul_kernel_grad"]
+  calls.clear()
+  with layers.override_formulations(im2col_max_size=0,
+                                    matmul_kernel_grad=False):
+    y_xla = conv.apply(variables, small)
+    conv.apply(variables, large)
   assert not calls
-  y = conv.apply(variables, x)  # the override ended with the block
-  assert len(calls) == 1
+  y = conv.apply(variables, small)  # the override ended with the block
+  assert calls == ["conv_im2col"]
   np.testing.assert_allclose(y, y_xla, atol=1e-5)
   with pytest.raises(ValueError, match=">= 0"):
-    with layers.im2col_max_size(-1):
+    with layers.override_formulations(im2col_max_size=-1):
       pass
+
+
+@pytest.mark.parametrize("window,strides,padding", [
+    ((3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((2, 2), (2, 2), "VALID"),
+    ((3, 3), (1, 1), "SAME"),
+    ((3, 2), None, "VALID"),
+])
+def test_max_pool_gradient_matches_nn_max_pool(window, strides, padding):
+  # ReLU zeros create ties; both must send the gradient to the first
+  # maximum of each window.
+  x = jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 9, 8, 3)))
+  x = x.at[:, 2:4, 2:4].set(0.5)  # positive ties too
+  pool = layers.MaxPool(window, strides, padding)
+
+  def ref(x):
+    return nn.max_pool(x, window, strides, padding)
+
+  def ours(x):
+    return pool.apply({}, x)
+
+  np.testing.assert_array_equal(ours(x), ref(x))
+  cotangent = jax.random.normal(jax.random.key(1), ref(x).shape)
+  g_ref = jax.vjp(ref, x)[1](cotangent)[0]
+  g = jax.jit(lambda x: jax.vjp(ours, x)[1](cotangent)[0])(x)
+  np.testing.assert_array_equal(g, g_ref)
+  dx = jax.random.normal(jax.random.key(2), x.shape)
+  np.testing.assert_array_equal(jax.jvp(ours, (x,), (dx,))[1],
+                                jax.jvp(ref, (x,), (dx,))[1])
+
+
+def test_max_pool_override_uses_nn_max_pool(monkeypatch):
+  calls = []
+  original = layers.max_pool
+  monkeypatch.setattr(layers, "max_pool",
+                      lambda *a: (calls.append(1), original(*a))[1])
+  pool = layers.MaxPool((3, 3), (2, 2), ((1, 1), (1, 1)))
+  x = jnp.ones((1, 8, 8, 2))
+  with layers.override_formulations(max_pool_views_grad=False):
+    pool.apply({}, x)
+  assert not calls
+  pool.apply({}, x)
+  assert calls == [1]

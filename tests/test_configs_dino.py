@@ -1,0 +1,148 @@
+"""configs/dino_whu.py and configs/dino_s2.py end to end.
+
+The WHU-OHS run reads a tiny copy of the published layout (32-band GeoTIFF
+tiles and uint8 label tiles, written here), probes on its classification
+patches, and is interrupted and resumed: the resumed run must end with
+exactly the parameters AND the teacher of an uninterrupted one.
+"""
+import importlib.util
+import os
+
+import jax
+import numpy as np
+import pytest
+import tifffile
+
+from eo_jax.data.datasets import MissingDataError
+from eo_jax.train import trainer
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "configs")
+GEO = [(33550, "d", 3, (10.0, 10.0, 0.0), True),
+       (33922, "d", 6, (0.0, 0.0, 0.0, 500000.0, 4400000.0, 0.0), True)]
+TILE, PATCH = 32, 16
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def write_whu_ohs(root, tiles=(("tr", 3), ("val", 2), ("ts", 1))):
+  """32x32 tiles: each 16 px patch has one of two land covers (ids 3, 10),
+  with its own spectrum and texture; a quarter of each patch is unlabelled."""
+  rng = np.random.default_rng(0)
+  spectra = {3: rng.uniform(500, 3000, 32), 10: rng.uniform(500, 3000, 32)}
+  yy, xx = np.mgrid[:PATCH, :PATCH]
+  for folder, count in tiles:
+    (root / folder / "image").mkdir(parents=True)
+    (root / folder / "label").mkdir(parents=True)
+    for t in range(count):
+      image = np.zeros((TILE, TILE, 32), np.float64)
+      label = np.zeros((TILE, TILE), np.uint8)
+      for r in range(0, TILE, PATCH):
+        for c in range(0, TILE, PATCH):
+          cls = (3, 10)[(r // PATCH + c // PATCH + t) % 2]
+          texture = np.sin((xx + yy) / (2.0 if cls == 3 else 5.0))
+          image[r:r + PATCH, c:c + PATCH] = spectra[cls] * (1 + 0.2 * texture[..., None])
+          label[r:r + PATCH, c:c + PATCH] = cls
+          label[r:r + PATCH // 2, c:c + PATCH // 2] = 0
+      image += rng.normal(0, 50, image.shape)
+      name = f"S1_{t + 1:04d}.tif"
+      tifffile.imwrite(root / folder / "image" / name, image.astype(np.int16),
+                       photometric="minisblack", planarconfig="contig",
+                       extratags=GEO)
+      tifffile.imwrite(root / folder / "label" / name, label, extratags=GEO)
+  return root
+
+
+class Crash(Exception):
+  pass
+
+
+def _final_state(box, last_step, crash_at=None):
+  def hook(step, state):
+    if step == crash_at:
+      raise Crash(f"simulated crash at step {step}")
+    if step == last_step:
+      box["params"], box["extra"] = jax.device_get((state.params, state.extra))
+  return hook
+
+
+def _assert_trees_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_runlocal_dino_trains_on_synthetic_32_band_data(tmp_path):
+  config = _load("dino_whu").get_config("runlocal=True")
+  box = {}
+  results = trainer.train_and_evaluate(config, str(tmp_path),
+                                       hooks=[_final_state(box, 6)])
+  assert results["step"] == 6 and results["dataset"] == "synthetic"
+  val = results["val"]
+  assert np.isfinite(val["loss"]) and -1 <= val["cosine"] <= 1
+  assert 1 <= val["prototypes_used"] <= 64
+  # The teacher's class token separates the three synthetic classes.
+  assert results["probe"]["knn3/accuracy"] > 0.6, results["probe"]
+  for name in ("attention.png", "patch_pca.png", "curves.png", "results.json"):
+    assert (tmp_path / name).stat().st_size > 0, name
+  # The teacher followed the student (EMA) without becoming it.
+  student, teacher = box["params"]["student"], box["extra"]["teacher"]
+  kernel = lambda t: t["backbone"]["block_0"]["mlp"]["fc1"]["kernel"]
+  assert not np.array_equal(kernel(student), kernel(teacher))
+
+
+def test_dino_whu_config_runs_on_whu_ohs_files_and_resumes_exactly(tmp_path):
+  root = write_whu_ohs(tmp_path / "WHU-OHS")
+  config = _load("dino_whu").get_config(f"runlocal=True,path={root}")
+  config.train.checkpoint_every_steps = 2
+  straight, resumed = {}, {}
+  results = trainer.train_and_evaluate(config, str(tmp_path / "a"),
+                                       hooks=[_final_state(straight, 6)])
+  assert results["dataset"] == "whu_ohs" and results["step"] == 6
+  assert set(results) >= {"val", "test", "probe"}
+  assert 0 <= results["probe"]["linear/accuracy"] <= 1
+  with pytest.raises(Crash):
+    trainer.train_and_evaluate(config, str(tmp_path / "b"),
+                               hooks=[_final_state({}, 6, crash_at=3)])
+  again = trainer.train_and_evaluate(config, str(tmp_path / "b"),
+                                     hooks=[_final_state(resumed, 6)])
+  _assert_trees_equal(straight["params"], resumed["params"])
+  # Teacher and Sinkhorn-free state travel in the checkpoint's extra.
+  _assert_trees_equal(straight["extra"], resumed["extra"])
+  assert again["val"] == results["val"]
+
+
+def test_dino_whu_without_data_says_where_to_get_it(tmp_path):
+  for arg in ("", f"path={tmp_path / 'nowhere'}"):
+    config = _load("dino_whu").get_config(arg)
+    with pytest.raises(MissingDataError, match="config.data.path"):
+      trainer.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("name", ["dino_whu", "dino_s2"])
+def test_probe_and_crop_sizes_fit_the_vit(name):
+  module = _load(name)
+  for arg in ("", "runlocal=True") + (("small_data=True",) if name == "dino_whu" else ()):
+    c = module.get_config(arg)
+    patch = c.model.get("patch_size") or int(c.model.variant.split("/")[1])
+    assert c.dino.global_size % patch == 0 and c.dino.local_size % patch == 0
+    probe_size = c.probe.image_size or c.probe.data.get("patch_size") or c.probe.data.get(
+        "image_size")
+    if c.probe.data.name == "eolearn_sample":
+      assert probe_size == 16  # 9 px patches resized to a 2 x 2 grid
+    assert probe_size % patch == 0, (arg, probe_size, patch)
+    assert c.optim.weight_decay_end == 0.4 and c.optim.grad_clip_norm == 3.0
+    assert c.optim.layer_decay == 0.9
+  # small_data changes what it documents.
+  if name == "dino_whu":
+    small = module.get_config("small_data=True")
+    assert small.dino.num_prototypes == 4096 and small.dino.head_hidden_dim == 512
+    assert small.input.batch_size == 64 and small.dino.num_local == 4
+    assert small.dino.warmup_teacher_temp_epochs == 5
+    full = module.get_config()
+    assert full.dino.num_prototypes == 65536 and full.dino.num_local == 8
+    full.data.path = "/data/whu"
+    assert full.probe.data.path == "/data/whu"  # the probe follows data.path
