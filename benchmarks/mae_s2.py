@@ -1,6 +1,6 @@
 r"""MAE pretraining on a real Sentinel-2 scene, then linear probes on eo-learn.
 
-  python -m benchmarks.mae_s2 [--epochs 6] [--base_lr 4e-3] [--probe_epochs 8] \
+  python -m benchmarks.mae_s2 [--epochs 8] [--base_lr 4e-3] [--probe_epochs 8] \
       [--workdir runs/benchmarks/mae_s2]
 
 1. Pretrains configs/mae_s2.py (ViT-Ti/8, 64 x 64 x 13 patches of the scene
@@ -82,7 +82,7 @@ def initial_val_loss(config) -> dict[str, float]:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--epochs", type=float, default=6.0)
+  parser.add_argument("--epochs", type=float, default=8.0)
   parser.add_argument("--base_lr", type=float, default=4e-3)
   parser.add_argument("--probe_epochs", type=float, default=8.0)
   parser.add_argument("--workdir", default="runs/benchmarks/mae_s2")

@@ -29,6 +29,10 @@ covers 9-16 source pixels of a global crop and 7-18 of a local crop, so the
 probe sees objects ~2x larger than pretraining did (9 px -> 8 would be the
 same scale but a single token).
 
+LayerScale 1e-5 is DINOv2's and suits long runs; in a 150-step CPU run it
+kept the class token nearly image-independent and the student settled on
+uniform outputs (benchmarks/README.md), so benchmarks/dino_s2.py turns it off.
+
 Variants (`configs/dino_s2.py:key=value,...`):
   path=...            another scene folder.
   variant=Ti/8        ViT size and patch.

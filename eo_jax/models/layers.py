@@ -224,6 +224,17 @@ def _taps_matmul(x, kernel, strides, padding, kernel_dilation, precision):
   (B*Ho*Wo, Cin)^T (B*Ho*Wo, Cout) matmul per tap.
   """
   kh, kw, cin, cout = kernel.shape
+  taps = kernel.reshape(kh * kw, cin, cout)
+  if jax.process_count() > 1:
+    # Unrolled across processes: with the batch sharded, each tap's matmul
+    # ends in an all-reduce, and CPU runs with gloo collectives abort
+    # ("collective mismatch") when those sit inside the scan's while loop
+    # (tests/train/test_distributed.py). Costs ~20% speed and kh*kw views
+    # of memory.
+    views = _shifted_views(x, (kh, kw), strides, padding, kernel_dilation)
+    y = sum(jnp.dot(v.reshape(-1, cin), taps[t], precision=precision)
+            for t, v in enumerate(views))
+    return y.reshape(views[0].shape[:3] + (cout,))
   (pt, pb), (pl, pr) = padding
   sh, sw = strides
   dh, dw = kernel_dilation
@@ -251,7 +262,7 @@ def _taps_matmul(x, kernel, strides, padding, kernel_dilation, precision):
 
   dtype = jnp.result_type(x.dtype, kernel.dtype)
   y, _ = lax.scan(add_tap, jnp.zeros((batch * out_h * out_w, cout), dtype),
-                  (offsets, kernel.reshape(kh * kw, cin, cout)))
+                  (offsets, taps))
   return y.reshape(batch, out_h, out_w, cout)
 
 

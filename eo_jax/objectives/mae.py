@@ -165,7 +165,9 @@ class MAE(Objective):
           f"{type(self.encoder).__name__}. Set config.model.name='vit'.")
     self.patch_size = int(self.encoder.patch_size)
     s = self.settings
-    masking.num_visible(16, s["mask_ratio"])  # fail on a bad ratio at build time
+    if not 0.0 < float(s["mask_ratio"]) < 1.0:
+      raise ValueError(f"config.mae.mask_ratio must be in (0, 1), got "
+                       f"{s['mask_ratio']}.")
     self.decoder = MAEDecoder(
         patch_size=self.patch_size, num_bands=info.num_bands,
         width=int(s["decoder_width"]), depth=int(s["decoder_depth"]),
@@ -223,8 +225,8 @@ class MAE(Objective):
     enc_params = enc_vars.pop("params")
     if enc_vars:
       raise ValueError(f"The MAE encoder has non-parameter collections "
-                       f"{sorted(enc_vars)}; MAE supports ViTs without "
-                       "BatchNorm (config.model.head_norm must be False).")
+                       f"{sorted(enc_vars)}; objective 'mae' supports "
+                       "encoders whose only variables are 'params'.")
     _, features = self.encoder.apply({"params": enc_params}, image, False,
                                      keep_indices=m.keep_indices)
     dec_params = self.decoder.init(

@@ -180,6 +180,17 @@ def test_matmul_kernel_grad_matches_nn_conv(shape, kernel, strides, padding,
     np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-5)
 
 
+def test_matmul_kernel_grad_unrolled_form_for_multi_process(monkeypatch):
+  # Multi-process runs take the unrolled per-tap form; same results.
+  monkeypatch.setattr(layers.jax, "process_count", lambda: 2)
+  x = jax.random.normal(jax.random.key(2), (2, 7, 6, 5))
+  _, ((y_ref, g_ref), (y, g)) = _with_kernel_grad_path(
+      x, features=7, kernel_size=(3, 3), strides=2, padding="SAME")
+  np.testing.assert_allclose(y, y_ref, atol=2e-5, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-5)
+
+
 def test_matmul_kernel_grad_forward_mode_and_kernel_only():
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
   kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
