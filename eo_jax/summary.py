@@ -10,8 +10,9 @@ abstractly (`jax.eval_shape`, nothing is computed) with a method interceptor
 
 * Parameters: those a module owns directly (not its children's), counted on
   the first call of a module, so the column sums to the model's total.
-* FLOPs: 2 x multiply-accumulates of convolutions and dense layers, counting
-  every kernel tap (padded ones too), the usual convention. `xla_flops` gives
+* FLOPs: 2 x multiply-accumulates of convolutions, dense layers and the two
+  attention products (q.k and weights.v), counting every kernel tap (padded
+  ones too), the usual convention. `xla_flops` gives
   XLA's own count of the compiled program as a cross-check; it is lower for
   padded convolutions (XLA skips taps on padding) and higher by the
   elementwise work (normalisation, activations, pooling).
@@ -40,6 +41,7 @@ import numpy as np
 
 from eo_jax.data import bands as bands_lib
 from eo_jax.models import layers
+from eo_jax.models import vit
 
 
 @dataclasses.dataclass
@@ -53,8 +55,8 @@ class LayerRow:
     depth: nesting depth (the model is 0).
     output_shape: shape of the first array the call returned.
     params: parameters owned directly by the module (first call only).
-    flops: analytic FLOPs of this call (2 x MACs; conv and dense layers only,
-      containers 0).
+    flops: analytic FLOPs of this call itself (2 x MACs; conv and dense
+      layers, attention products), not its sub-layers'.
     receptive_field: receptive field size in input pixels (largest over the
       two spatial axes), for outputs with spatial axes; None otherwise.
     jump: distance in input pixels between neighbouring output positions.
@@ -185,6 +187,26 @@ def _attention_rule(module: nn.MultiHeadDotProductAttention, in_shape: tuple,
   tokens = int(np.prod(in_shape[1:-1]))
   features = module.qkv_features or in_shape[-1]
   return Effect(2 * 2 * in_shape[0] * tokens * tokens * features)
+
+
+@register_rule(vit.PatchEmbed)
+def _patch_embed_rule(module: vit.PatchEmbed, in_shape: tuple,
+                      out_shape: tuple) -> Effect:
+  # A p x p stride-p VALID convolution written as a matmul.
+  p = module.patch_size
+  macs = int(np.prod(out_shape[:-1])) * p * p * in_shape[-1] * out_shape[-1]
+  return Effect(2 * macs, Window((p, p), (p, p)))
+
+
+@register_rule(vit.Attention)
+def _vit_attention_rule(module: vit.Attention, in_shape: tuple,
+                        out_shape: tuple) -> Effect:
+  # eo_jax's ViT attention: (B, T, D) in and out, heads x head_dim = D. As
+  # above, the row carries the q.k and weights.v products; the projections
+  # are its DenseGeneral children.
+  del module, out_shape
+  batch, tokens, width = in_shape[0], in_shape[1], in_shape[-1]
+  return Effect(2 * 2 * batch * tokens * tokens * width)
 
 
 # --- Tracing -----------------------------------------------------------------
@@ -348,6 +370,24 @@ def xla_flops(model: nn.Module, image_shape: Sequence[int], *,
   return float(cost["flops"])
 
 
+def subtree_totals(rows: Sequence[LayerRow]) -> list[tuple[int, int]]:
+  """(params, FLOPs) of each row together with every row nested under it.
+
+  Rows come parents first (`summarize`'s order), so a row's subtree is the
+  run of following rows that are deeper than it.
+  """
+  out = []
+  for i, row in enumerate(rows):
+    params, flops = row.params, row.flops
+    for child in rows[i + 1:]:
+      if child.depth <= row.depth:
+        break
+      params += child.params
+      flops += child.flops
+    out.append((params, flops))
+  return out
+
+
 def totals(rows: Sequence[LayerRow]) -> dict[str, int]:
   """Total parameters and analytic FLOPs over all rows."""
   return {"params": sum(r.params for r in rows),
@@ -368,6 +408,10 @@ def format_table(rows: Sequence[LayerRow], *, max_depth: int = -1,
                  xla_total: float | None = None) -> str:
   """Renders rows as a fixed-width table followed by totals.
 
+  A row with sub-layers (a block, a stage, the model) shows the sum over
+  itself and its sub-layers in parentheses, e.g. a ViT block's parameters
+  and FLOPs; the other rows show their own.
+
   Args:
     rows: from `summarize`.
     max_depth: hide rows nested deeper than this (-1 shows all); totals
@@ -376,9 +420,11 @@ def format_table(rows: Sequence[LayerRow], *, max_depth: int = -1,
   """
   header = ("layer", "type", "output", "params", "FLOPs", "RF", "jump")
   table = [header]
-  for r in rows:
+  subtree = subtree_totals(rows)
+  for i, r in enumerate(rows):
     if max_depth >= 0 and r.depth > max_depth:
       continue
+    has_children = i + 1 < len(rows) and rows[i + 1].depth > r.depth
     if r.receptive_field is not None:
       rf, jump = str(r.receptive_field), str(r.jump)
     elif r.tokens is not None:
@@ -389,8 +435,14 @@ def format_table(rows: Sequence[LayerRow], *, max_depth: int = -1,
       rf, jump = "", ""
     name = "  " * r.depth + (r.path.rsplit("/", 1)[-1] or "(model)")
     shape = "x".join(map(str, r.output_shape)) if r.output_shape else ""
-    table.append((name, r.module, shape, f"{r.params:,}" if r.params else "",
-                  _human(r.flops) if r.flops else "", rf, jump))
+    if has_children:
+      params, flops = subtree[i]
+      params_s = f"({params:,})" if params else ""
+      flops_s = f"({_human(flops)})" if flops else ""
+    else:
+      params_s = f"{r.params:,}" if r.params else ""
+      flops_s = _human(r.flops) if r.flops else ""
+    table.append((name, r.module, shape, params_s, flops_s, rf, jump))
   widths = [max(len(row[i]) for row in table) for i in range(len(header))]
   right = {3, 4, 5, 6}
 
@@ -403,7 +455,7 @@ def format_table(rows: Sequence[LayerRow], *, max_depth: int = -1,
   t = totals(rows)
   out.append("-" * len(line(header)))
   out.append(f"Total parameters: {t['params']:,}")
-  out.append(f"FLOPs (conv + dense, 2 x MACs): {t['flops']:,} "
+  out.append(f"FLOPs (conv, dense, attention; 2 x MACs): {t['flops']:,} "
              f"({_human(t['flops'])})")
   if xla_total is not None:
     ratio = xla_total / t["flops"] if t["flops"] else float("nan")

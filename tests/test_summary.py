@@ -160,3 +160,30 @@ def test_command_line(tmp_path):
   # (the --config override of `hidden` must reach the model).
   assert "Total parameters: 11,212" in out.stdout
   assert "pool2" in out.stdout
+
+
+def test_vit_block_totals_and_attention_flops_by_hand():
+  # 16x16 input, patch 8 -> 4 patches + cls = 5 tokens of width 16, 2 heads,
+  # MLP 32, one block; 2 bands, 3 classes.
+  from eo_jax.models import vit
+  model = vit.ViT(bands=bands_lib.SENTINEL2[:2], num_classes=3, patch_size=8,
+                  width=16, depth=1, num_heads=2, mlp_dim=32)
+  rows = summary.summarize(model, (1, 16, 16, 2))
+  got = _by_path(rows)
+  t, d = 5, 16
+  assert got["embedding"].flops == 2 * 4 * 8 * 8 * 2 * d
+  assert (got["embedding"].receptive_field, got["embedding"].jump) == (8, 8)
+  assert got["block_0/attn"].tokens == t
+  assert got["block_0/attn"].flops == 2 * 2 * t * t * d  # q.k and w.v
+  assert got["block_0/attn/query"].flops == 2 * t * d * d
+  block_params = (2 * 2 * d             # two LayerNorms
+                  + 4 * (d * d + d)     # q, k, v, out
+                  + d * 32 + 32 + 32 * d + d)  # fc1, fc2
+  block_flops = 4 * 2 * t * d * d + 2 * 2 * t * t * d + 2 * 2 * t * d * 32
+  i = [r.path for r in rows].index("block_0")
+  assert summary.subtree_totals(rows)[i] == (block_params, block_flops)
+  assert summary.subtree_totals(rows)[0] == (
+      summary.totals(rows)["params"], summary.totals(rows)["flops"])
+  line = next(l for l in summary.format_table(rows).splitlines()
+              if l.strip().startswith("block_0"))
+  assert f"({block_params:,})" in line
