@@ -9,6 +9,7 @@ Multi-host: start one process per host with --coordinator_address,
 SLURM / TPU cluster with --distributed).
 """
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -17,6 +18,8 @@ import jax
 from ml_collections import config_flags
 
 import eo_jax
+from eo_jax.data.datasets.base import MissingDataError
+from eo_jax.train.trainer import NonFiniteLossError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with ':key=value,...'.",
@@ -55,7 +58,12 @@ def main(argv):
   logging.info("Process %d/%d, %d local / %d global devices, workdir %s.",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), workdir)
-  eo_jax.run(_CONFIG.value, workdir)
+  try:
+    eo_jax.run(_CONFIG.value, workdir)
+  except (MissingDataError, NonFiniteLossError) as e:
+    # The message says what is wrong and what to do; a traceback through
+    # the trainer would only bury it.
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,18 @@ def test_unknown_dataset_field_fails_loudly(tmp_path):
   assert "patch_sise" in proc.stderr
 
 
+def test_missing_dataset_is_one_clear_error(tmp_path):
+  # The brief's first command, on a machine without WHU-OHS: the message
+  # names the dataset, where to get it and the key to set; no traceback.
+  proc = _run(_cmd(tmp_path, config="configs/dino_whu.py"))
+  assert proc.returncode == 1
+  assert "error: WHU-OHS needs a local copy and config.data.path is not set" in (
+      proc.stderr)
+  assert "irsip.whu.edu.cn" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "checkpoints").exists()
+
+
 def _finished_steps(workdir):
   ckpt = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(ckpt):

@@ -92,8 +92,10 @@ class MissingDataError(FileNotFoundError):
 
 def missing_data(name: str, path: Any, url: str, config_key: str,
                  layout: str) -> MissingDataError:
+  where = (f"not found at {path!s}" if str(path) not in ("", ".") else
+           f"needs a local copy and {config_key} is not set")
   return MissingDataError(
-      f"{name} not found at {path!s}.\n"
+      f"{name} {where}.\n"
       f"  Download it from {url}\n"
       f"  and set {config_key}=/path/to/it. Expected layout: {layout}")
 
