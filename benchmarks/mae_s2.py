@@ -80,6 +80,14 @@ def initial_val_loss(config) -> dict[str, float]:
   return evaluator.result()
 
 
+def _saved_step(directory: str) -> int:
+  """Newest checkpoint step in `directory` (0 when there is none)."""
+  if not os.path.isdir(directory):
+    return 0
+  steps = [int(d) for d in os.listdir(directory) if d.isdigit()]
+  return max(steps, default=0)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--epochs", type=float, default=8.0)
@@ -95,14 +103,16 @@ def main() -> None:
   config = load_config("mae_s2.py", f"epochs={args.epochs},base_lr={args.base_lr}",
                        **{"train.progress_bar": False})
   before = initial_val_loss(config)
+  start_step = _saved_step(os.path.join(pre_dir, "checkpoints"))
   start = time.perf_counter()
   results = trainer.train_and_evaluate(config, pre_dir)
   pre_seconds = time.perf_counter() - start
   steps = results["step"]
   summary["pretrain"] = {
       "workdir": pre_dir, "steps": steps, "batch": config.input.batch_size,
-      "lr": config.optim.lr, "seconds": pre_seconds,
-      "images_per_second": steps * config.input.batch_size / pre_seconds,
+      "lr": config.optim.lr, "seconds": pre_seconds, "resumed_from": start_step,
+      "images_per_second": ((steps - start_step) * config.input.batch_size /
+                            pre_seconds),
       "val_before": before, "val_after": results["val"],
       "curves_png": os.path.join(pre_dir, "curves.png"),
       "reconstruction_png": os.path.join(pre_dir, "reconstruction.png")}
@@ -130,9 +140,14 @@ def main() -> None:
 def _print(s: dict) -> None:
   p = s["pretrain"]
   b, a = p["val_before"], p["val_after"]
+  timing = (f"{p['seconds'] / 60:.1f} min ({p['images_per_second']:.1f} img/s"
+            " incl. compilation and evaluations)")
+  if p["resumed_from"]:
+    timing = (f"resumed at step {p['resumed_from']}: {p['seconds'] / 60:.1f} "
+              "min for the rest (delete the workdir to time a whole run)")
   print(f"\nMAE pretraining (configs/mae_s2.py, ViT-Ti/8, 64x64x13, light "
         f"decoder): {p['steps']} steps x {p['batch']} images, lr {p['lr']:.2e}, "
-        f"{p['seconds'] / 60:.1f} min ({p['images_per_second']:.1f} img/s)")
+        f"{timing}")
   print(f"  val loss (norm-pix MSE, masked patches): {b['loss']:.4f} -> "
         f"{a['loss']:.4f}  (x{a['loss'] / b['loss']:.3f})")
   print(f"  val pixel MSE (band-normalised units):   {b['pixel_mse']:.4f} -> "
