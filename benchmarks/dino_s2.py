@@ -251,6 +251,9 @@ def _print(s: dict) -> None:
   if p["steps_per_second"]:
     print(f"  throughput: {p['steps_per_second']:.3f} steps/s, "
           f"{p['images_per_second']:.1f} images/s (after the first step)")
+  else:
+    print("  throughput: not measured (the pretraining had already finished and "
+          "was only re-evaluated; delete its workdir to time it)")
   for key, (first, last) in p["train_loss_first_last"].items():
     print(f"  train {key}: {first:.4f} -> {last:.4f}")
   print(f"  val: " + ", ".join(f"{k} {v:.4g}" for k, v in p["val"].items()))
