@@ -33,7 +33,6 @@ pretraining (the trainer resumes from its checkpoint).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -45,6 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from eo_jax import config as config_lib
 from eo_jax.data.datasets import build_dataset
 from eo_jax.evaluate.probe import FeatureProbe
 from eo_jax.models import build_model
@@ -59,11 +59,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def load_config(name: str, arg: str) -> ml_collections.ConfigDict:
   """configs/<name> with its `arg` variants (unlocked, for overrides)."""
-  spec = importlib.util.spec_from_file_location(
-      name[:-3], os.path.join(ROOT, "configs", name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config(os.path.join(ROOT, "configs", f"{name}:{arg}"),
+                                lock=False)
 
 
 def pretrain_config(args: argparse.Namespace) -> ml_collections.ConfigDict:

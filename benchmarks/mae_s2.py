@@ -21,7 +21,6 @@ it to <workdir>/summary.json. Reruns resume (or skip) finished parts.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import time
@@ -29,6 +28,7 @@ import time
 import jax
 import numpy as np
 
+from eo_jax import config as config_lib
 from eo_jax.data import pipeline
 from eo_jax.data.datasets import build_dataset
 from eo_jax.objectives import OBJECTIVES
@@ -40,19 +40,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def load_config(name: str, arg: str, **overrides):
   """configs/<name> with `arg` variants and dotted-key overrides, locked."""
-  spec = importlib.util.spec_from_file_location(
-      name[:-3], os.path.join(ROOT, "configs", name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  config.lock()
-  return config
+  return config_lib.load_config(os.path.join(ROOT, "configs", f"{name}:{arg}"),
+                                overrides)
 
 
 def initial_val_loss(config) -> dict[str, float]:

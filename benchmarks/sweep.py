@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -50,6 +49,8 @@ from absl import app
 from absl import flags
 from absl import logging
 import ml_collections
+
+from eo_jax import config as config_lib
 
 BAGNET_CONFIG = "configs/bagnet.py"
 GRID_MODELS = ("bagnet9", "bagnet17", "bagnet33", "resnet18")
@@ -77,17 +78,7 @@ class Row:
 # ------------------------------------------------------------------ Configs
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """Loads 'path/to/config.py[:args]' as main.py's --config does (locked)."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"Config file {path!r} (from {spec!r}) does not "
-                            "exist; paths are relative to the current folder.")
-  module_spec = importlib.util.spec_from_file_location(
-      os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
-  config.lock()
-  return config
+  return config_lib.load_config(spec)
 
 
 def apply_override(config: ml_collections.ConfigDict, text: str) -> None:
@@ -99,13 +90,10 @@ def apply_override(config: ml_collections.ConfigDict, text: str) -> None:
     value = ast.literal_eval(value.strip())
   except (ValueError, SyntaxError):
     value = value.strip()
-  *parents, leaf = key.strip().split(".")
-  node = config
-  for part in parents:
-    node = node[part]
-  if leaf not in node:
-    raise KeyError(f"--override {text!r}: the config has no key {key!r}.")
-  node[leaf] = value
+  try:
+    config_lib.set_dotted(config, key.strip(), value)
+  except KeyError as e:
+    raise KeyError(f"--override {text!r}: {e.args[0]}") from None
 
 
 def run_name(spec: str) -> str:

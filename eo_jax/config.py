@@ -11,7 +11,10 @@ keyword arguments, so an unknown one fails there with the factory's name.
 from __future__ import annotations
 
 import ast
-from typing import Any
+import importlib.util
+import os
+import types
+from typing import Any, Mapping
 
 import ml_collections
 
@@ -146,3 +149,59 @@ def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
                      f"{sorted(defaults)}.")
     out[key] = value
   return out
+
+
+def config_module(path: str | os.PathLike) -> types.ModuleType:
+  """Imports the experiment file at `path` (e.g. 'configs/mae_s2.py')."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Config file {path!r} does not exist (paths are "
+                            "relative to the current folder).")
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+# Nodes whose fields are keyword arguments of a dataset or model factory: a
+# new field may be added there; the factory rejects one it does not take.
+FACTORY_NODES = ("data", "model", "probe.data")
+
+
+def set_dotted(config: ConfigDict, key: str, value: Any) -> None:
+  """`config['a']['b'] = value` for key 'a.b'.
+
+  An unknown key fails, except a new field of a factory node (`data.*`,
+  `model.*`, `probe.data.*`), which the dataset or model factory checks.
+  """
+  *parents, leaf = key.split(".")
+  node = config
+  for i, part in enumerate(parents):
+    if part not in node:
+      raise KeyError(f"The config has no key {'.'.join(parents[:i + 1])!r} "
+                     f"(setting {key!r}).")
+    node = node[part]
+  if leaf not in node and ".".join(parents) not in FACTORY_NODES:
+    raise KeyError(f"The config has no key {key!r}.")
+  node[leaf] = value
+
+
+def load_config(spec: str | os.PathLike,
+                overrides: Mapping[str, Any] | None = None, *,
+                lock: bool = True) -> ConfigDict:
+  """Loads 'path/to/config.py[:key=value,...]' as main.py's --config does.
+
+  Args:
+    spec: the config file, optionally followed by ':' and its arguments.
+    overrides: dotted keys and values applied after `get_config`, like
+      `--config.train.steps=10` on the command line; unknown keys fail.
+    lock: lock the result (as main.py does) so later unknown keys fail too.
+  """
+  path, _, arg = os.fspath(spec).partition(":")
+  config = config_module(path).get_config(arg or None)
+  for key, value in (overrides or {}).items():
+    set_dotted(config, key, value)
+  if lock:
+    config.lock()
+  return config

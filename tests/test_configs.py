@@ -1,12 +1,12 @@
 """Every config in configs/ builds, documents its command, and shrinks for tests."""
 import glob
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 import tifffile
 
+from eo_jax import config as config_lib
 from eo_jax.data.datasets import eurosat
 from eo_jax.train import trainer
 
@@ -15,10 +15,7 @@ CONFIGS = sorted(glob.glob(os.path.join(
 
 
 def _load(path):
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.config_module(path)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

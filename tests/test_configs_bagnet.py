@@ -1,6 +1,5 @@
 """configs/bagnet.py: every variant builds; a BagNet trains on the eo-learn
 sample and draws evidence heatmaps; init_from swaps in a new head."""
-import importlib.util
 import itertools
 import os
 
@@ -11,6 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from eo_jax import config as config_lib
 from eo_jax.config import base_config
 from eo_jax.data import bands as bands_lib
 from eo_jax.data.datasets import build_dataset
@@ -27,10 +27,7 @@ _PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _module():
-  spec = importlib.util.spec_from_file_location("bagnet_config", _PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.config_module(_PATH)
 
 
 CONFIG = _module()

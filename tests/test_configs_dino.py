@@ -5,7 +5,6 @@ tiles and uint8 label tiles, written here), probes on its classification
 patches, and is interrupted and resumed: the resumed run must end with
 exactly the parameters AND the teacher of an uninterrupted one.
 """
-import importlib.util
 import os
 
 import jax
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from eo_jax import config as config_lib
 from eo_jax.data.datasets import MissingDataError
 from eo_jax.train import trainer
 
@@ -24,10 +24,7 @@ TILE, PATCH = 32, 16
 
 
 def _load(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.config_module(os.path.join(CONFIGS, f"{name}.py"))
 
 
 def write_whu_ohs(root, tiles=(("tr", 3), ("val", 2), ("ts", 1))):

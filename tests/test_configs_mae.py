@@ -6,7 +6,6 @@ the embedded eo-learn sample starts from its encoder through
 config.init_from (frozen encoder weights copied, position embedding resized
 from a 4x4 to a 2x2 grid, fresh head).
 """
-import importlib.util
 import json
 import os
 
@@ -14,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from eo_jax import config as config_lib
 from eo_jax.data.datasets import build_dataset
 from eo_jax.models import vit as vit_lib
 from eo_jax.objectives import OBJECTIVES
@@ -25,18 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def load_config(name: str, arg: str | None = None, **overrides):
   path = os.path.join(ROOT, "configs", name)
-  spec = importlib.util.spec_from_file_location(name[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  config.lock()
-  return config, module
+  config = config_lib.load_config(f"{path}:{arg or ''}", overrides)
+  return config, config_lib.config_module(path)
 
 
 class Crash(Exception):

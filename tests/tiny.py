@@ -15,7 +15,7 @@ import os
 import ml_collections
 import numpy as np
 
-from eo_jax.config import base_config
+from eo_jax.config import base_config, set_dotted
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
@@ -37,11 +37,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   c.train.eval_every_steps = 4
   c.train.progress_bar = False
   for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    set_dotted(c, key, value)
   c.lock()
   return c
 

@@ -36,7 +36,7 @@ def _max_abs(a):
 
 
 def main() -> None:
-  import importlib.util  # pylint: disable=g-import-not-at-top
+  from eo_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from eo_jax.data.datasets import build_dataset  # pylint: disable=g-import-not-at-top
@@ -67,11 +67,8 @@ def main() -> None:
     out[name] = _max_diff(one, four)
 
   # A whole DINO loss and its gradient (Sinkhorn-Knopp, iBOT, KoLeo).
-  spec = importlib.util.spec_from_file_location(
-      "dino_whu", os.path.join(REPO, "configs", "dino_whu.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("runlocal=True")
+  config = config_lib.load_config(
+      os.path.join(REPO, "configs", "dino_whu.py:runlocal=True"))
   objective = OBJECTIVES.get("dino")(config, build_dataset(config.data).info)
   batch = {"global_crops": rng.normal(size=(8, 2, 16, 16, 32)).astype(np.float32),
            "local_crops": rng.normal(size=(8, 2, 8, 8, 32)).astype(np.float32)}

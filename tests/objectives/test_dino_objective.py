@@ -4,7 +4,6 @@ Built from configs/dino_whu.py's runlocal variant (synthetic 32-band data,
 a width-32 depth-2 ViT), so its compiled programs are shared with the
 end-to-end tests through the compilation cache.
 """
-import importlib.util
 import os
 import pickle
 
@@ -14,6 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from eo_jax import config as config_lib
 from eo_jax.data.datasets import build_dataset
 from eo_jax.objectives import OBJECTIVES
 from eo_jax.objectives.base import TrainState
@@ -24,10 +24,7 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 
 
 def dino_config(arg="runlocal=True", **dino_overrides):
-  spec = importlib.util.spec_from_file_location("dino_whu", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
+  config = config_lib.load_config(f"{CONFIG}:{arg}", lock=False)
   for key, value in dino_overrides.items():
     config.dino[key] = value
   return config
