@@ -45,7 +45,7 @@ Pretrained-backbone row (two runs):
 
 The whole grid: benchmarks/sweep.py (see benchmarks/README.md).
 """
-from eo_jax.config import base_config, parse_arg
+from eo_jax.config import base_config, parse_arg, smoke_run
 
 MODELS = ("bagnet9", "bagnet17", "bagnet33", "resnet18")
 DATASETS = ("tiny_imagenet", "eurosat", "eurosat_all", "eolearn")
@@ -164,9 +164,5 @@ def get_config(arg=None):
     if data == "eolearn":
       c.data.stride = 5
       c.data.eval_stride = 5
-    c.train.epochs = 0
-    c.train.steps = 4
-    c.train.eval_every_steps = 2
-    c.train.log_every_steps = 2
-    c.train.progress_bar = False
+    smoke_run(c, 4)
   return c

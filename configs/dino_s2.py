@@ -49,7 +49,7 @@ import math
 
 import ml_collections
 
-from eo_jax.config import base_config, parse_arg
+from eo_jax.config import base_config, parse_arg, smoke_run
 from eo_jax.data.datasets.s2_scene import DEFAULT_PATH
 from eo_jax.objectives import dino
 
@@ -78,14 +78,7 @@ def get_config(arg=None):
   c.input.batch_size = int(arg.batch_size)
   c.input.eval_batch_size = 256
 
-  c.optim.name = "adamw"
-  c.optim.b1, c.optim.b2 = 0.9, 0.999
-  c.optim.schedule = "cosine"
-  c.optim.weight_decay = 0.04
-  c.optim.weight_decay_end = 0.4
-  c.optim.grad_clip_norm = 3.0
-  c.optim.layer_decay = 0.9
-  c.optim.groups = (("^student/backbone/embedding/", 0.2),)
+  dino.set_dinov2_optim(c.optim)
   c.train.epochs = float(arg.epochs)
   warmup_epochs = 5.0
 
@@ -126,11 +119,7 @@ def get_config(arg=None):
     c.dino.vis_examples = 2
     c.input.batch_size = 8
     c.input.eval_batch_size = 8
-    c.train.epochs = 0
-    c.train.steps = 6
-    c.train.eval_every_steps = 3
-    c.train.log_every_steps = 2
-    c.train.progress_bar = False
+    smoke_run(c, 6)
     warmup_epochs = 0.0
 
   # DINOv2's lr rule: 0.004 for a batch of 1024, scaled by sqrt(batch / 1024).

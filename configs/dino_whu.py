@@ -64,7 +64,7 @@ import math
 
 import ml_collections
 
-from eo_jax.config import base_config, parse_arg
+from eo_jax.config import base_config, parse_arg, smoke_run
 from eo_jax.objectives import dino
 
 
@@ -88,14 +88,7 @@ def get_config(arg=None):
   c.input.batch_size = 256
   c.input.eval_batch_size = 256
 
-  c.optim.name = "adamw"
-  c.optim.b1, c.optim.b2 = 0.9, 0.999
-  c.optim.schedule = "cosine"
-  c.optim.weight_decay = 0.04
-  c.optim.weight_decay_end = 0.4
-  c.optim.grad_clip_norm = 3.0
-  c.optim.layer_decay = 0.9
-  c.optim.groups = (("^student/backbone/embedding/", 0.2),)
+  dino.set_dinov2_optim(c.optim)
   c.train.epochs = float(arg.epochs)
   warmup_epochs = 10.0
 
@@ -168,8 +161,4 @@ def _runlocal(c, with_data: bool) -> None:
   c.probe.batch_size = 8
   c.probe.knn_k = (3,)
   c.probe.linear_epochs = 20
-  c.train.epochs = 0
-  c.train.steps = 6
-  c.train.eval_every_steps = 3
-  c.train.log_every_steps = 2
-  c.train.progress_bar = False
+  smoke_run(c, 6)

@@ -19,7 +19,7 @@ rates (1e-4 and 1e-3).
 Variants: variant=rgb|all, path=..., source=files|tfds, bands=B04+B03+B02
 (a '+'-separated band selection by name), runlocal=True (tiny, for tests).
 """
-from eo_jax.config import base_config, parse_arg
+from eo_jax.config import base_config, parse_arg, smoke_run
 
 
 def get_config(arg=None):
@@ -58,9 +58,5 @@ def get_config(arg=None):
   if arg.runlocal:
     c.input.batch_size = 8
     c.input.image_size = 32
-    c.train.epochs = 0
-    c.train.steps = 4
-    c.train.eval_every_steps = 2
-    c.train.log_every_steps = 2
-    c.train.progress_bar = False
+    smoke_run(c, 4)
   return c

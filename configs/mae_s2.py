@@ -35,7 +35,7 @@ with config.init_from (source_prefix 'encoder').
 """
 import ml_collections
 
-from eo_jax.config import base_config, parse_arg
+from eo_jax.config import base_config, parse_arg, smoke_run
 from eo_jax.objectives import mae
 
 DECODERS = {"light": dict(decoder_width=128, decoder_depth=2, decoder_heads=4),
@@ -102,9 +102,5 @@ def get_config(arg=None):
     c.mae.vis_examples = 2
     c.optim.lr = 1e-3
     c.optim.warmup_epochs = 0.0
-    c.train.epochs = 0
-    c.train.steps = 6
-    c.train.eval_every_steps = 3
-    c.train.log_every_steps = 2
-    c.train.progress_bar = False
+    smoke_run(c, 6)
   return c

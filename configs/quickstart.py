@@ -11,7 +11,7 @@ patches come from spatially disjoint parts of the area.
 
 Variants: `configs/quickstart.py:runlocal=True` (a few steps, for tests).
 """
-from eo_jax.config import base_config, parse_arg
+from eo_jax.config import base_config, parse_arg, smoke_run
 
 
 def get_config(arg=None):
@@ -48,10 +48,6 @@ def get_config(arg=None):
   if arg.runlocal:
     c.input.batch_size = 16
     c.model.width = 8
-    c.train.epochs = 0
-    c.train.steps = 6
-    c.train.eval_every_steps = 3
-    c.train.log_every_steps = 2
-    c.train.progress_bar = False
+    smoke_run(c, 6)
     c.optim.warmup_epochs = 0.0
   return c

@@ -38,7 +38,7 @@ steps, init_from left empty for the tests to fill in).
 """
 import ml_collections
 
-from eo_jax.config import base_config, parse_arg
+from eo_jax.config import base_config, parse_arg, smoke_run
 
 MODES = ("probe", "finetune")
 
@@ -104,9 +104,5 @@ def get_config(arg=None):
     c.model.posemb = "learn"
     c.init_from.workdir = ""
     c.optim.warmup_epochs = 0.0
-    c.train.epochs = 0
-    c.train.steps = 4
-    c.train.eval_every_steps = 2
-    c.train.log_every_steps = 2
-    c.train.progress_bar = False
+    smoke_run(c, 4)
   return c

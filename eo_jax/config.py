@@ -120,6 +120,19 @@ def base_config() -> ConfigDict:
   return c
 
 
+def smoke_run(config: ConfigDict, steps: int) -> None:
+  """Turns `config` into a few-step `runlocal` run.
+
+  `steps` updates, evaluated halfway and at the end, logged every 2 steps,
+  no progress bar; the configs' `runlocal=True` variants use it.
+  """
+  config.train.epochs = 0
+  config.train.steps = steps
+  config.train.eval_every_steps = max(steps // 2, 1)
+  config.train.log_every_steps = 2
+  config.train.progress_bar = False
+
+
 def _literal(text: str) -> Any:
   try:
     return ast.literal_eval(text)

@@ -147,6 +147,24 @@ def default_config(**overrides: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({**DEFAULTS, **overrides})
 
 
+def set_dinov2_optim(optim: ml_collections.ConfigDict) -> None:
+  """Sets `config.optim` to DINOv2's recipe (DESIGN.md), except the lr.
+
+  AdamW (0.9, 0.999) on a cosine schedule, weight decay 0.04 -> 0.4 on a
+  cosine, gradient clipping at 3.0, layer-wise lr decay 0.9 and the patch
+  embedding at 0.2 x the lr. The lr and warmup depend on the batch and the
+  run's length; configs set those.
+  """
+  optim.name = "adamw"
+  optim.b1, optim.b2 = 0.9, 0.999
+  optim.schedule = "cosine"
+  optim.weight_decay = 0.04
+  optim.weight_decay_end = 0.4
+  optim.grad_clip_norm = 3.0
+  optim.layer_decay = 0.9
+  optim.groups = (("^student/backbone/embedding/", 0.2),)
+
+
 def _settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
   given = config.get("dino", None)
   given = dict(given) if given is not None else {}

@@ -100,6 +100,60 @@ def missing_data(name: str, path: Any, url: str, config_key: str,
       f"  and set {config_key}=/path/to/it. Expected layout: {layout}")
 
 
+class LabelledImageFiles:
+  """A lazy source over labelled image files: {'image': float32, 'label': int32}.
+
+  Subclasses say where example i lives (`_where`) and how to decode it
+  (`_decode`); this class turns a decoding failure or an image of the wrong
+  shape into an error that names the file and the fix.
+  """
+  dataset_name = "dataset"
+  reread_hint = "re-extract or re-download the dataset"
+
+  def __init__(self, labels: Sequence[int], name: str,
+               image_shape: tuple[int, ...] | None = None):
+    self.labels = np.asarray(labels, np.int32)
+    self._name = name
+    self._shape = None if image_shape is None else tuple(image_shape)
+
+  @property
+  def image_shape(self) -> tuple[int, ...] | None:
+    """The shape every image must have (None: not checked)."""
+    return self._shape
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def _where(self, index: int) -> str:
+    raise NotImplementedError
+
+  def _decode(self, index: int) -> np.ndarray:
+    raise NotImplementedError
+
+  def read_image(self, index: int) -> np.ndarray:
+    """Example `index`'s image as stored (H, W, C), checked."""
+    try:
+      image = self._decode(index)
+    except Exception as e:  # pylint: disable=broad-except; decoders raise many types
+      raise ValueError(
+          f"Could not read {self.dataset_name} image {self._where(index)}: "
+          f"{type(e).__name__}: {e}. The file is corrupt or truncated; "
+          f"{self.reread_hint}.") from e
+    if self._shape is not None and image.shape != self._shape:
+      raise ValueError(
+          f"{self.dataset_name} image {self._where(index)} has shape "
+          f"{image.shape}, expected {self._shape} like the others; the file "
+          f"is corrupt or not a {self.dataset_name} image.")
+    return image
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"Index {index} out of range for {len(self)} examples.")
+    return {"image": self.read_image(index).astype(np.float32),
+            "label": np.int32(self.labels[index])}
+
+
 class ArraySource:
   """A source over in-memory arrays (one entry per example)."""
 

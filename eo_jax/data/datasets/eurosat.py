@@ -32,8 +32,8 @@ import numpy as np
 from eo_jax.data import bands as bands_lib
 from eo_jax.data.datasets import tfds_source
 from eo_jax.data.datasets.base import (CLASSIFICATION, DATASETS, Dataset,
-                                       DatasetInfo, missing_data,
-                                       stratified_split)
+                                       DatasetInfo, LabelledImageFiles,
+                                       missing_data, stratified_split)
 
 CLASSES = ("AnnualCrop", "Forest", "HerbaceousVegetation", "Highway",
            "Industrial", "Pasture", "PermanentCrop", "Residential", "River",
@@ -127,50 +127,26 @@ def _decode(data: bytes, variant: str) -> np.ndarray:
   return image
 
 
-class EuroSATFiles:
+class EuroSATFiles(LabelledImageFiles):
   """Lazy source over EuroSAT image files: {'image': float32, 'label': int32}."""
+  dataset_name = "EuroSAT"
 
   def __init__(self, store: _FileStore, items: Sequence[tuple[str, int, int]],
                variant: str, shape: tuple[int, ...] | None, name: str):
+    super().__init__([t[1] for t in items], name, shape)
     self._store = store
     self._names = [t[0] for t in items]
-    self.labels = np.array([t[1] for t in items], np.int32)
     self._variant = variant
-    self._shape = None if shape is None else tuple(shape)
-    self._name = name
-
-  @property
-  def image_shape(self) -> tuple[int, ...] | None:
-    return self._shape
-
-  def __len__(self) -> int:
-    return len(self._names)
 
   def __repr__(self) -> str:
     return f"EuroSATFiles({self._variant}, {self._name}, n={len(self)})"
 
-  def read_image(self, index: int) -> np.ndarray:
-    name = self._names[index]
-    where = f"{self._store.root}{'!' if self._store.is_zip else os.sep}{name}"
-    try:
-      image = _decode(self._store.read(name), self._variant)
-    except Exception as e:  # PIL, tifffile and zipfile raise many types
-      raise ValueError(
-          f"Could not read EuroSAT image {where}: {type(e).__name__}: {e}. "
-          "The file is corrupt or truncated; re-extract or re-download the "
-          "dataset.") from e
-    if self._shape is not None and image.shape != self._shape:
-      raise ValueError(f"EuroSAT image {where} has shape {image.shape}, "
-                       f"expected {self._shape} like the other images; the "
-                       "file is corrupt or not a EuroSAT image.")
-    return image
+  def _where(self, index: int) -> str:
+    sep = "!" if self._store.is_zip else os.sep
+    return f"{self._store.root}{sep}{self._names[index]}"
 
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    index = int(index)
-    if not 0 <= index < len(self):
-      raise IndexError(f"Index {index} out of range for {len(self)} examples.")
-    return {"image": self.read_image(index).astype(np.float32),
-            "label": np.int32(self.labels[index])}
+  def _decode(self, index: int) -> np.ndarray:
+    return _decode(self._store.read(self._names[index]), self._variant)
 
   def subset(self, indices: np.ndarray, name: str) -> "EuroSATFiles":
     items = [(self._names[i], int(self.labels[i]), 0) for i in indices]

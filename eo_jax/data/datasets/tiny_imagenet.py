@@ -34,8 +34,8 @@ import numpy as np
 
 from eo_jax.data import bands as bands_lib
 from eo_jax.data.datasets.base import (CLASSIFICATION, DATASETS, Dataset,
-                                       DatasetInfo, missing_data,
-                                       stratified_split)
+                                       DatasetInfo, LabelledImageFiles,
+                                       missing_data, stratified_split)
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 IMAGE_SHAPE = (64, 64, 3)
@@ -47,48 +47,30 @@ LAYOUT = ("<path>/wnids.txt, <path>/words.txt, "
           f"holding {_FOLDER}/)")
 
 
-class TinyImageNetFiles:
+class TinyImageNetFiles(LabelledImageFiles):
   """Lazy source over JPEG files: {'image': (64, 64, 3) float32, 'label'}."""
+  dataset_name = "Tiny ImageNet"
+  reread_hint = f"re-extract or re-download {URL}"
 
   def __init__(self, paths: Sequence[str], labels: Sequence[int], name: str):
+    super().__init__(labels, name, IMAGE_SHAPE)
     self._paths = list(paths)
-    self.labels = np.asarray(labels, np.int32)
-    self._name = name
 
   @property
   def paths(self) -> tuple[str, ...]:
     """The image files, in example order."""
     return tuple(self._paths)
 
-  def __len__(self) -> int:
-    return len(self._paths)
-
   def __repr__(self) -> str:
     return f"TinyImageNetFiles({self._name}, n={len(self)})"
 
-  def read_image(self, index: int) -> np.ndarray:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    path = self._paths[index]
-    try:
-      with Image.open(path) as img:
-        image = np.asarray(img.convert("RGB"))
-    except Exception as e:  # PIL raises many types for broken files
-      raise ValueError(
-          f"Could not read Tiny ImageNet image {path}: {type(e).__name__}: "
-          f"{e}. The file is corrupt or truncated; re-extract or re-download "
-          f"{URL}.") from e
-    if image.shape != IMAGE_SHAPE:
-      raise ValueError(f"Tiny ImageNet image {path} has shape {image.shape}, "
-                       f"expected {IMAGE_SHAPE}; it is not a Tiny ImageNet "
-                       "image.")
-    return image
+  def _where(self, index: int) -> str:
+    return str(self._paths[index])
 
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    index = int(index)
-    if not 0 <= index < len(self):
-      raise IndexError(f"Index {index} out of range for {len(self)} examples.")
-    return {"image": self.read_image(index).astype(np.float32),
-            "label": np.int32(self.labels[index])}
+  def _decode(self, index: int) -> np.ndarray:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    with Image.open(self._paths[index]) as img:
+      return np.asarray(img.convert("RGB"))
 
   def subset(self, indices: np.ndarray, name: str) -> "TinyImageNetFiles":
     return TinyImageNetFiles([self._paths[i] for i in indices],
