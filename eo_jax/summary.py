@@ -12,10 +12,12 @@ abstractly (`jax.eval_shape`, nothing is computed) with a method interceptor
   the first call of a module, so the column sums to the model's total.
 * FLOPs: 2 x multiply-accumulates of convolutions, dense layers and the two
   attention products (q.k and weights.v), counting every kernel tap (padded
-  ones too), the usual convention. `xla_flops` gives
-  XLA's own count of the compiled program as a cross-check; it is lower for
-  padded convolutions (XLA skips taps on padding) and higher by the
-  elementwise work (normalisation, activations, pooling).
+  ones too), the usual convention. `xla_flops` gives XLA's own count of the
+  compiled program as a cross-check; it is lower for padded convolutions
+  (XLA skips taps on padding) and higher by the elementwise work
+  (normalisation, activations, softmax, pooling).
+* The table shows, on a row with sub-layers (a block, a stage), the total
+  over the row and its sub-layers in parentheses.
 * Receptive field along the main path: r_out = r_in + (k - 1) * d * j_in,
   j_out = j_in * s for convolutions and pooling layers. Each array a module
   returns is tagged with its field, so a layer knows the field of its own
