@@ -82,9 +82,20 @@ class Objective:
   #: Metric the trainer uses as "the" validation score by default.
   main_metric: str = "loss"
 
-  def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo):
+  def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo,
+               run_length: tuple[int, int] | None = None):
+    """Builds the objective's modules.
+
+    Args:
+      config: the experiment config.
+      info: the training dataset's description (bands, classes).
+      run_length: (steps per epoch, total steps) as the trainer counts them,
+        for objectives with schedules of their own; None lets them count
+        (which builds the dataset again).
+    """
     self.config = config
     self.info = info
+    self.run_length = run_length
 
   def init(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> Variables:
     raise NotImplementedError

@@ -253,8 +253,9 @@ class DINO(Objective):
 
   main_metric = "loss"
 
-  def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo):
-    super().__init__(config, info)
+  def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo,
+               run_length: tuple[int, int] | None = None):
+    super().__init__(config, info, run_length)
     s = self.settings = _settings(config)
     backbone = build_model(config.model, bands=info.bands, num_classes=0)
     if not isinstance(backbone, vit_lib.ViT):
@@ -286,7 +287,8 @@ class DINO(Objective):
                       else self.dino_head)
     self._num_prefix = 1 + int(self.backbone.num_registers)
 
-    steps_per_epoch, total_steps = schedules.run_length(config)
+    steps_per_epoch, total_steps = (run_length if run_length is not None
+                                    else schedules.run_length(config))
     self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
     self.teacher_temp = schedules.linear_warmup(
         s["warmup_teacher_temp"], s["teacher_temp"],

@@ -154,8 +154,9 @@ class MAE(Objective):
 
   main_metric = "loss"
 
-  def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo):
-    super().__init__(config, info)
+  def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo,
+               run_length: tuple[int, int] | None = None):
+    super().__init__(config, info, run_length)
     self.settings = _settings(config)
     self.encoder = build_model(config.model, bands=info.bands, num_classes=0)
     if not hasattr(self.encoder, "encode_visible"):

@@ -55,8 +55,9 @@ class Supervised(Objective):
 
   main_metric = "accuracy"
 
-  def __init__(self, config, info: DatasetInfo):
-    super().__init__(config, info)
+  def __init__(self, config, info: DatasetInfo,
+               run_length: tuple[int, int] | None = None):
+    super().__init__(config, info, run_length)
     if info.task != CLASSIFICATION:
       raise ValueError(
           f"objective 'supervised' classifies images, but dataset {info.name!r} "

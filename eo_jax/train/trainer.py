@@ -68,7 +68,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   total_steps = config.train.steps or math.ceil(config.train.epochs * steps_per_epoch)
   image_size = config.input.image_size or None
   # Built before the loader: multi-view objectives (DINO) shape the batches.
-  objective = OBJECTIVES.get(config.objective)(config, info)
+  objective = OBJECTIVES.get(config.objective)(
+      config, info, run_length=(steps_per_epoch, total_steps))
   train_loader = pipeline.train_loader(
       dataset, config.input, seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(), image_size=image_size,

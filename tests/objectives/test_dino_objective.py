@@ -166,3 +166,23 @@ def test_config_mistakes_fail_with_the_key_to_fix():
     _objective(dino_config(centering="mean"))
   with pytest.raises(KeyError, match="unknown keys.*prototypes"):
     _objective(dino_config(prototypes=3))
+
+
+def test_run_length_from_the_trainer_drives_the_schedules():
+  config = dino_config(freeze_last_layer_epochs=2.0,
+                       warmup_teacher_temp_epochs=3.0)
+  info = build_dataset(config.data).info
+  counted = OBJECTIVES.get("dino")(config, info)  # counts the dataset itself
+  given = OBJECTIVES.get("dino")(
+      config, info, run_length=(counted.steps_per_epoch, counted.total_steps))
+  assert (given.steps_per_epoch, given.total_steps) == (
+      counted.steps_per_epoch, counted.total_steps)
+  other = OBJECTIVES.get("dino")(config, info, run_length=(10, 100))
+  assert (other.steps_per_epoch, other.total_steps) == (10, 100)
+  assert other.freeze_steps == 20                    # 2 epochs x 10 steps
+  s = other.settings
+  # Teacher temperature reaches its final value after 3 epochs = 30 steps.
+  assert float(other.teacher_temp(0)) == pytest.approx(s["warmup_teacher_temp"])
+  assert float(other.teacher_temp(30)) == pytest.approx(s["teacher_temp"])
+  assert float(other.teacher_temp(15)) == pytest.approx(
+      (s["warmup_teacher_temp"] + s["teacher_temp"]) / 2)
