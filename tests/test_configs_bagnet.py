@@ -115,12 +115,13 @@ def test_visualize_writes_true_and_predicted_class_heatmaps(tmp_path):
       expected.add(f"ex{i}_true_{names[labels[i]]}.png")
       expected.add(f"ex{i}_pred_{names[predicted[i]]}.png")
   assert {os.path.basename(p) for p in paths} == expected
-  assert set(os.listdir(tmp_path / "heatmaps" / "step_000007")) == expected
+  assert set(os.listdir(tmp_path / "heatmaps" / "val_step_000007")) == expected
   with Image.open(paths[0]) as png:
     assert png.size[0] > 500 and png.size[1] > 200
-  # A second call at the same step (the final 'test' evaluation) keeps the first.
-  objective.visualize(state, batch, str(tmp_path), 7)
-  assert sorted(os.listdir(tmp_path / "heatmaps")) == ["step_000007", "step_000007_2"]
+  # The final 'test' evaluation at the same step keeps the 'val' pictures.
+  objective.visualize(state, batch, str(tmp_path), 7, "test")
+  assert sorted(os.listdir(tmp_path / "heatmaps")) == ["test_step_000007",
+                                                        "val_step_000007"]
 
 
 def test_visualize_skips_models_without_local_logits(tmp_path):
@@ -149,7 +150,8 @@ def test_runlocal_bagnet_trains_on_eolearn_and_draws_heatmaps(bagnet_run):
   names = dataset.info.class_names
   # Evaluations of 'val' at steps 2 and 4, then 'test' with the best state.
   best = results["evaluated_step"]
-  splits = {"step_000002": "val", "step_000004": "val", f"step_{best:06d}_2": "test"}
+  splits = {"val_step_000002": "val", "val_step_000004": "val",
+            f"test_step_{best:06d}": "test"}
   assert sorted(os.listdir(workdir / "heatmaps")) == sorted(splits)
   for folder, split in splits.items():
     pngs = sorted(os.listdir(workdir / "heatmaps" / folder))

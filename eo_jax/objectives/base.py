@@ -13,7 +13,8 @@ modules (model, decoder, teacher, heads) and tells the trainer:
   teachers live here). Default: unchanged.
 * `eval_step(state, batch)` -> dict of per-example arrays (leading axis = batch)
   that `evaluator(split)` accumulates exactly over a whole split on the host.
-* `visualize(state, batch, workdir, step)` writes PNGs at eval time (optional).
+* `visualize(state, batch, workdir, step, split)` writes PNGs at eval time
+  (optional) from the first batch of `split`; `png_name` names them.
 * `embed(state, image)` -> (B, D) features for the kNN / linear probes that the
   trainer runs on `config.probe.data` at eval time (optional).
 * `train_views()` -> `views_fn(image, rng) -> {name: array}` or None
@@ -37,6 +38,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from eo_jax.data import bands as bands_lib
 from eo_jax.data.datasets.base import DatasetInfo
 from eo_jax.registry import Registry
 
@@ -74,6 +76,23 @@ class Evaluator(Protocol):
   def result(self) -> dict[str, Any]:
     """Scalars (written to the metric writers) and arrays (plotted)."""
     ...
+
+
+def png_name(stem: str, split: str) -> str:
+  """'<stem>.png' for the validation split, '<stem>_<split>.png' otherwise.
+
+  Every evaluation of 'val' refreshes the same picture; a final evaluation of
+  another split (e.g. 'test') gets its own file instead of overwriting it.
+  """
+  return f"{stem}.png" if split == "val" else f"{stem}_{split}.png"
+
+
+def display_bands(info: DatasetInfo) -> tuple[list[int], str]:
+  """Band indices to draw as RGB (or one grey band) and a label for titles."""
+  rgb = info.rgb_bands
+  if len(rgb) == 3:
+    return list(bands_lib.indices(info.bands, rgb)), ", ".join(rgb)
+  return [0], f"band {info.bands[0].name}"
 
 
 class Objective:
@@ -116,9 +135,9 @@ class Objective:
     raise NotImplementedError
 
   def visualize(self, state: TrainState, batch: Mapping[str, Any],
-                workdir: str, step: int) -> list[str]:
-    """Writes PNGs for a human; returns their paths."""
-    del state, batch, workdir, step
+                workdir: str, step: int, split: str = "val") -> list[str]:
+    """Writes PNGs for a human from `split`'s first batch; returns their paths."""
+    del state, batch, workdir, step, split
     return []
 
   def embed(self, state: TrainState, image: jax.Array) -> jax.Array:

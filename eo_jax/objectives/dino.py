@@ -59,7 +59,8 @@ collapse alarm: 1 means every image maps to the same prototype).
 `embed` gives the TEACHER's class token (DINO evaluates the teacher, which
 is the better network; `embed_from='student'` switches). `visualize` writes
 `attention.png` (last-block class-token attention per head) and
-`patch_pca.png` (first three PCA components of the patch tokens).
+`patch_pca.png` (first three PCA components of the patch tokens), with a
+`_<split>` suffix for splits other than 'val'.
 """
 from __future__ import annotations
 
@@ -71,7 +72,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from eo_jax.data import bands as bands_lib
 from eo_jax.data import block_masking
 from eo_jax.data.datasets.base import DatasetInfo
 from eo_jax.data.multicrop import MultiCrop
@@ -81,7 +81,8 @@ from eo_jax.models import vit as vit_lib
 from eo_jax.models.dino_head import DINOHead
 from eo_jax.objectives import centering
 from eo_jax.objectives.base import (OBJECTIVES, Objective, StepOutput,
-                                    TrainState, Variables)
+                                    TrainState, Variables, display_bands,
+                                    png_name)
 from eo_jax.objectives.dino_loss import cross_entropy, dino_cls_loss
 from eo_jax.objectives.ibot_loss import ibot_patch_loss
 from eo_jax.objectives.koleo import koleo_loss, l2_normalize
@@ -502,7 +503,7 @@ class DINO(Objective):
             features["patch_tokens"])
 
   def visualize(self, state: TrainState, batch: Mapping[str, Any],
-                workdir: str, step: int) -> list[str]:
+                workdir: str, step: int, split: str = "val") -> list[str]:
     # Imported here: plotting pulls in matplotlib, which training never needs.
     from eo_jax.visualize import attention as attention_plot  # pylint: disable=g-import-not-at-top
     from eo_jax.visualize import pca as pca_plot  # pylint: disable=g-import-not-at-top
@@ -515,18 +516,15 @@ class DINO(Objective):
     attention, tokens = jax.device_get(self._vis_fn(
         jax.device_get(state.extra["teacher"]["backbone"]), image))
     grid = (image.shape[1] // self.patch_size, image.shape[2] // self.patch_size)
-    rgb = self.info.rgb_bands
-    indices = (bands_lib.indices(self.info.bands, rgb) if len(rgb) == 3
-               else [0])
-    shown = ", ".join(rgb) if len(indices) == 3 else "band 0"
+    indices, shown = display_bands(self.info)
     paths = [attention_plot.plot_attention(
         image[0], indices, np.asarray(attention[0]), grid, self._num_prefix,
-        os.path.join(workdir, "attention.png"), self.patch_size,
-        title=(f"{self.info.name}: teacher class-token attention, last block, "
-               f"step {step} (RGB = {shown})"))]
+        os.path.join(workdir, png_name("attention", split)), self.patch_size,
+        title=(f"{self.info.name} {split}: teacher class-token attention, last "
+               f"block, step {step} (RGB = {shown})"))]
     paths.append(pca_plot.plot_patch_pca(
         image, indices, pca_plot.pca_rgb(np.asarray(tokens)),
-        os.path.join(workdir, "patch_pca.png"),
-        title=f"{self.info.name}: teacher patch-token PCA, step {step}"))
+        os.path.join(workdir, png_name("patch_pca", split)),
+        title=f"{self.info.name} {split}: teacher patch-token PCA, step {step}"))
     return paths
 

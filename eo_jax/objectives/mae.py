@@ -17,7 +17,7 @@ them as a ConfigDict for experiment files). Evaluation hides patches with a
 FIXED key (derived from `config.seed`), so the validation loss of two
 checkpoints compares the same masks; each example's mask then depends on its
 position in the eval batch. `visualize` writes `reconstruction.png` to the
-workdir; `embed` gives the encoder's pooled features of unmasked images to
+workdir (`reconstruction_<split>.png` for splits other than 'val'); `embed` gives the encoder's pooled features of unmasked images to
 the trainer's frozen-feature probes (`config.probe`).
 """
 from __future__ import annotations
@@ -30,14 +30,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from eo_jax.data import bands as bands_lib
 from eo_jax.data.datasets.base import DatasetInfo
 from eo_jax.models import build_model
 from eo_jax.models import vit as vit_lib
 from eo_jax.models.mae_decoder import MAEDecoder, patchify, unpatchify
 from eo_jax.objectives import masking
 from eo_jax.objectives.base import (OBJECTIVES, Objective, StepOutput,
-                                    TrainState, Variables)
+                                    TrainState, Variables, display_bands,
+                                    png_name)
 from eo_jax.visualize import reconstruction
 
 #: `config.mae` keys and their defaults (MAE's ViT recipe).
@@ -305,7 +305,7 @@ class MAE(Objective):
     return recon, hidden
 
   def visualize(self, state: TrainState, batch: Mapping[str, Any],
-                workdir: str, step: int) -> list[str]:
+                workdir: str, step: int, split: str = "val") -> list[str]:
     n = min(int(self.settings["vis_examples"]), len(batch["image"]))
     if n <= 0:
       return []
@@ -314,13 +314,11 @@ class MAE(Objective):
     image = np.asarray(batch["image"][:n], np.float32)
     recon, hidden = jax.device_get(
         self._reconstruct_fn(jax.device_get(state.params), image))
-    rgb = self.info.rgb_bands
-    indices = (bands_lib.indices(self.info.bands, rgb) if len(rgb) == 3
-               else [0])
+    indices, shown = display_bands(self.info)
     ratio = self.settings["mask_ratio"]
     path = reconstruction.plot_reconstruction(
         image, np.asarray(hidden), np.asarray(recon), indices,
-        os.path.join(workdir, "reconstruction.png"),
-        title=(f"{self.info.name}: MAE step {step}, {ratio:.0%} of patches "
-               f"masked, RGB = {', '.join(rgb) if len(indices) == 3 else 'band 0'}"))
+        os.path.join(workdir, png_name("reconstruction", split)),
+        title=(f"{self.info.name} {split}: MAE step {step}, {ratio:.0%} of "
+               f"patches masked, RGB = {shown}"))
     return [path]

@@ -74,7 +74,6 @@ class Supervised(Objective):
     # Set on the first `visualize` call.
     self._has_local_logits: bool | None = None
     self._local_logits_fn = None
-    self._visualize_calls: dict[int, int] = {}
 
   def init(self, rng, batch) -> Variables:
     return init_model(self.model, rng, batch["image"])
@@ -105,7 +104,7 @@ class Supervised(Objective):
     return ClassificationEvaluator(self.info.num_classes, self.info.class_names)
 
   def visualize(self, state: TrainState, batch: Mapping[str, Any],
-                workdir: str, step: int) -> list[str]:
+                workdir: str, step: int, split: str = "val") -> list[str]:
     """Evidence heatmaps of the first examples, for models with local logits.
 
     Applies when the model's features hold 'local_logits' (B, h, w, K) and
@@ -115,7 +114,7 @@ class Supervised(Objective):
     (ex<i>_true_<class>.png) and for the predicted one (ex<i>_pred_<class>.png),
     or one ex<i>_true_pred_<class>.png when they agree, over an RGB composite
     of `info.rgb_bands` (else the first bands) to
-    workdir/heatmaps/step_<step>/. Other models: no files.
+    workdir/heatmaps/<split>_step_<step>/. Other models: no files.
     """
     if self._has_local_logits is None:
       self._has_local_logits = _has_local_logits(self.model, state, batch)
@@ -135,12 +134,7 @@ class Supervised(Objective):
     local = np.asarray(self._local_logits_fn(
         _host_copy(state.params), _host_copy(state.model_state), images))
 
-    # The final evaluations (e.g. 'test') run at the step of the last 'val'
-    # one; a suffix keeps them from overwriting its files.
-    calls = self._visualize_calls.get(step, 0)
-    self._visualize_calls[step] = calls + 1
-    folder = os.path.join(workdir, "heatmaps", f"step_{step:06d}"
-                          + (f"_{calls + 1}" if calls else ""))
+    folder = os.path.join(workdir, "heatmaps", f"{split}_step_{step:06d}")
     bands = self.info.bands
     rgb = self.info.rgb_bands or tuple(range(3 if len(bands) >= 3 else 1))
     names = self.info.class_names

@@ -163,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         first_batch = local
     result = evaluator.result()
     if is_main and first_batch is not None:
-      objective.visualize(state, first_batch, workdir, int(state.step))
+      objective.visualize(state, first_batch, workdir, int(state.step), split)
     return result
 
   probe = None

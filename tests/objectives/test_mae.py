@@ -232,6 +232,8 @@ def test_visualize_writes_a_png(tmp_path):
   paths = obj.visualize(_state(params), {"image": image}, str(tmp_path), 7)
   assert paths == [str(tmp_path / "reconstruction.png")]
   assert (tmp_path / "reconstruction.png").read_bytes()[:4] == b"\x89PNG"
+  assert obj.visualize(_state(params), {"image": image}, str(tmp_path), 7,
+                       "test") == [str(tmp_path / "reconstruction_test.png")]
 
 
 def test_reconstruction_keeps_visible_patches_and_marks_hidden_ones():
