@@ -15,6 +15,7 @@ import tifffile
 from eo_jax import config as config_lib
 from eo_jax.data.datasets import MissingDataError
 from eo_jax.train import trainer
+from tiny import Crash
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "configs")
@@ -53,10 +54,6 @@ def write_whu_ohs(root, tiles=(("tr", 3), ("val", 2), ("ts", 1))):
                        extratags=GEO)
       tifffile.imwrite(root / folder / "label" / name, label, extratags=GEO)
   return root
-
-
-class Crash(Exception):
-  pass
 
 
 def _final_state(box, last_step, crash_at=None):

@@ -18,7 +18,7 @@ from eo_jax.data.datasets import build_dataset
 from eo_jax.models import vit as vit_lib
 from eo_jax.objectives import OBJECTIVES
 from eo_jax.train import optim, trainer
-from tiny import final_params
+from tiny import Crash, crash_at, final_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,18 +27,6 @@ def load_config(name: str, arg: str | None = None, **overrides):
   path = os.path.join(ROOT, "configs", name)
   config = config_lib.load_config(f"{path}:{arg or ''}", overrides)
   return config, config_lib.config_module(path)
-
-
-class Crash(Exception):
-  pass
-
-
-def _crash_at(step_to_crash):
-  def hook(step, state):
-    del state
-    if step == step_to_crash:
-      raise Crash(f"simulated crash at step {step}")
-  return hook
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +109,7 @@ def test_mae_resume_after_crash_equals_uninterrupted_run(mae_run, tmp_path):
   reference, first = mae_run
   config, _ = load_config("mae_s2.py", "runlocal=True")
   with pytest.raises(Crash):
-    trainer.train_and_evaluate(config, str(tmp_path), hooks=[_crash_at(5)])
+    trainer.train_and_evaluate(config, str(tmp_path), hooks=[crash_at(5)])
   resumed = trainer.train_and_evaluate(config, str(tmp_path))
   a, b = final_params(str(reference)), final_params(str(tmp_path))
   assert a.keys() == b.keys()

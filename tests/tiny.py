@@ -42,6 +42,19 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   return c
 
 
+class Crash(Exception):
+  """A simulated crash raised from a trainer hook."""
+
+
+def crash_at(step_to_crash: int):
+  """A trainer hook that raises `Crash` once training reaches `step_to_crash`."""
+  def hook(step, state):
+    del state
+    if step == step_to_crash:
+      raise Crash(f"simulated crash at step {step}")
+  return hook
+
+
 def flat_params(state_params) -> dict[str, np.ndarray]:
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
   flat = traverse_util.flatten_dict(state_params)

@@ -6,19 +6,7 @@ import numpy as np
 import pytest
 
 from eo_jax.train import trainer
-from tiny import final_params, tiny_config
-
-
-class Crash(Exception):
-  pass
-
-
-def _crash_at(step_to_crash):
-  def hook(step, state):
-    del state
-    if step == step_to_crash:
-      raise Crash(f"simulated crash at step {step}")
-  return hook
+from tiny import Crash, crash_at, final_params, tiny_config
 
 
 def test_run_writes_metrics_plots_and_checkpoints(tmp_path):
@@ -47,7 +35,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
   straight = tiny_config(**{"train.checkpoint_every_steps": 4})
   trainer.train_and_evaluate(straight, str(tmp_path / "a"))
   with pytest.raises(Crash):
-    trainer.train_and_evaluate(straight, str(tmp_path / "b"), hooks=[_crash_at(7)])
+    trainer.train_and_evaluate(straight, str(tmp_path / "b"), hooks=[crash_at(7)])
   resumed = trainer.train_and_evaluate(straight, str(tmp_path / "b"))
   a, b = final_params(str(tmp_path / "a")), final_params(str(tmp_path / "b"))
   assert a.keys() == b.keys()
