@@ -1,7 +1,8 @@
 r"""ViT train-step throughput: eo_jax (JAX/Flax) vs the same network in PyTorch.
 
   python -m benchmarks.vit_throughput [--variant S/8] [--image_size 64] \
-      [--bands 13] [--batch 32] [--steps 5] [--warmup 2] [--threads 0]
+      [--bands 13] [--batch 32] [--steps 5] [--warmup 2] [--threads 0] \
+      [--baseline erfc_gelu]
 
 Both sides run one full training step per batch: forward, softmax
 cross-entropy over 10 classes, backward, AdamW update. The PyTorch network
@@ -19,9 +20,11 @@ ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 
+import flax.linen as nn_flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -124,28 +127,39 @@ def copy_jax_weights(params, model: TorchViT) -> None:
 
 
 # ------------------------------------------------------------------ timing
-def _time_interleaved(steps_a, steps_b, steps: int, warmup: int
-                      ) -> tuple[list[float], list[float]]:
-  """Seconds of each step of two step functions, run alternately.
+def _time_interleaved(fns, steps: int, warmup: int) -> list[list[float]]:
+  """Seconds of each step of several step functions, run in turn.
 
-  Alternating makes any load from other processes on the machine fall on
-  both sides alike.
+  Taking turns makes any load from other processes on the machine fall on
+  all of them alike.
   """
   for _ in range(warmup):
-    steps_a()
-    steps_b()
-  times_a, times_b = [], []
+    for fn in fns:
+      fn()
+  times = [[] for _ in fns]
   for _ in range(steps):
-    for fn, times in ((steps_a, times_a), (steps_b, times_b)):
+    for fn, out in zip(fns, times):
       start = time.perf_counter()
       fn()
-      times.append(time.perf_counter() - start)
-  return times_a, times_b
+      out.append(time.perf_counter() - start)
+  return times
+
+
+@contextlib.contextmanager
+def _erfc_gelu():
+  """Inside: eo_jax's ViT uses flax's erfc form of the exact GELU (the
+  formulation before `vit.gelu`), for the `--baseline erfc_gelu` A/B."""
+  saved = vit_lib.gelu
+  vit_lib.gelu = lambda x: nn_flax.gelu(x, approximate=False)
+  try:
+    yield
+  finally:
+    vit_lib.gelu = saved
 
 
 def run(variant: str = "S/8", image_size: int = 64, bands: int = 13,
-        batch: int = 32, steps: int = 5, warmup: int = 2, threads: int = 0
-        ) -> dict[str, float]:
+        batch: int = 32, steps: int = 5, warmup: int = 2, threads: int = 0,
+        baseline: str = "") -> dict[str, float]:
   """Measures both frameworks; returns images/s and the ratio."""
   band_list = (SENTINEL2 if bands == 13 else
                tuple(Band(f"b{i}", 400.0 + i) for i in range(bands)))
@@ -192,11 +206,27 @@ def run(variant: str = "S/8", image_size: int = 64, bands: int = 13,
   if max_diff > 1e-3:
     raise AssertionError(f"the two networks disagree: max |logit diff| {max_diff}")
 
-  state = {"p": params, "o": tx.init(params)}
+  def jax_stepper(step_fn):
+    state = {"p": jax.tree.map(jnp.copy, params), "o": tx.init(params)}
 
-  def one_jax_step():
-    state["p"], state["o"], loss = jax_step(state["p"], state["o"], x_jax, y_jax)
-    loss.block_until_ready()
+    def one_step():
+      state["p"], state["o"], loss = step_fn(state["p"], state["o"], x_jax,
+                                              y_jax)
+      loss.block_until_ready()
+    return one_step
+
+  one_jax_step = jax_stepper(jax_step)
+  fns = [one_jax_step]
+  if baseline == "erfc_gelu":
+    # Compiled ahead, inside the switch: its program keeps the erfc GELU.
+    def baseline_step(p, opt_state, x, y):
+      return train_step(p, opt_state, x, y)
+    with _erfc_gelu():
+      compiled = jax.jit(baseline_step, donate_argnums=(0, 1)).lower(
+          params, tx.init(params), x_jax, y_jax).compile()
+    fns.append(jax_stepper(compiled))
+  elif baseline:
+    raise ValueError(f"--baseline must be '' or 'erfc_gelu', got {baseline!r}.")
 
   opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.999),
                           weight_decay=0.05)
@@ -208,11 +238,17 @@ def run(variant: str = "S/8", image_size: int = 64, bands: int = 13,
     opt.step()
 
   load_before = os.getloadavg()[0]
-  jax_times, torch_times = _time_interleaved(one_jax_step, one_torch_step,
-                                             steps, warmup)
+  times = _time_interleaved(fns + [one_torch_step], steps, warmup)
+  jax_times, torch_times = times[0], times[-1]
   jax_s, torch_s = float(np.median(jax_times)), float(np.median(torch_times))
   jax_best, torch_best = min(jax_times), min(torch_times)
-  return {"params": num_params, "logit_max_abs_diff": max_diff,
+  extra = {}
+  if baseline:
+    base_s = float(np.median(times[1]))
+    extra = {"baseline_img_s": batch / base_s,
+             "baseline_ms_step": 1000 * base_s,
+             "after_over_before": base_s / jax_s}
+  return {**extra, "params": num_params, "logit_max_abs_diff": max_diff,
           "jax_img_s": batch / jax_s, "torch_img_s": batch / torch_s,
           "jax_ms_step": 1000 * jax_s, "torch_ms_step": 1000 * torch_s,
           "ratio_jax_over_torch": torch_s / jax_s,
@@ -232,9 +268,13 @@ def main() -> None:
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--threads", type=int, default=0,
                       help="PyTorch threads (0: its default, all cores)")
+  parser.add_argument("--baseline", default="", choices=("", "erfc_gelu"),
+                      help="also time eo_jax's ViT with this formulation "
+                      "switched back (erfc_gelu: flax's erfc form of the "
+                      "exact GELU), interleaved, for a before/after ratio")
   args = parser.parse_args()
   r = run(args.variant, args.image_size, args.bands, args.batch, args.steps,
-          args.warmup, args.threads)
+          args.warmup, args.threads, args.baseline)
   tokens = (args.image_size // vit_lib.parse_variant(args.variant)[1])**2 + 1
   print(f"ViT-{args.variant}, {args.image_size}x{args.image_size}x{args.bands}, "
         f"{tokens} tokens, {r['params'] / 1e6:.2f} M params, batch "
@@ -249,6 +289,10 @@ def main() -> None:
         f"ms/step), best step {r['torch_img_s_best']:.2f} img/s")
   print(f"ratio JAX / PyTorch throughput: {r['ratio_jax_over_torch']:.2f}x median, "
         f"{r['ratio_best']:.2f}x best steps")
+  if args.baseline:
+    print(f"baseline ({args.baseline}): {r['baseline_img_s']:.2f} img/s median "
+          f"({r['baseline_ms_step']:.0f} ms/step); after / before "
+          f"{r['after_over_before']:.2f}x")
   print(f"1-min load average before/after timing: {r['load_before']:.1f} / "
         f"{r['load_after']:.1f} (other processes share the CPUs when > 0)")
 

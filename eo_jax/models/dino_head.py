@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from eo_jax.models import vit as vit_lib
+
 Array = jax.Array
 
 
@@ -57,7 +59,7 @@ class DINOHead(nn.Module):
         kernel_init=nn.initializers.truncated_normal(0.02),
         bias_init=nn.initializers.zeros, name=f"mlp_{i}")
     for i in range(self.num_layers - 1):
-      x = nn.gelu(dense(self.hidden_dim, i)(x), approximate=False)
+      x = vit_lib.gelu(dense(self.hidden_dim, i)(x))
     x = dense(self.bottleneck_dim, self.num_layers - 1)(x)
     x = _l2_normalize(x.astype(jnp.float32), -1, 1e-12)
     # Weight norm with g = 1: only each prototype's direction is learned.

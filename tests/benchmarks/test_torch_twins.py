@@ -15,8 +15,9 @@ def test_vit_twin_gives_the_same_logits_as_eo_jax_vit():
   # run() copies the JAX initial weights into the torch ViT and raises when
   # the logits differ by more than 1e-3; the parameter counts must match.
   r = vit_throughput.run(variant="Ti/8", image_size=16, bands=4, batch=2,
-                         steps=1, warmup=0)
+                         steps=1, warmup=0, baseline="erfc_gelu")
   assert r["logit_max_abs_diff"] < 1e-4
+  assert r["baseline_ms_step"] > 0                 # the A/B path runs too
   assert r["params"] == 12 * (4 * (192 * 192 + 192) + 2 * 2 * 192
                              + 192 * 768 + 768 + 768 * 192 + 192) + (
       8 * 8 * 4 * 192 + 192          # patch embedding

@@ -555,3 +555,15 @@ def test_layer_id_for_layerwise_decay():
   assert ids["mask_token"] == ids["cls_pos_embedding"] == 0
   assert ids["block_1/mlp/fc2/kernel"] == 2
   assert ids["encoder_norm/scale"] == 3
+
+
+def test_gelu_is_the_exact_gelu():
+  # x * Phi(x) against scipy's normal CDF and flax's erfc form, tails included.
+  from scipy.stats import norm  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = np.linspace(-12.0, 12.0, 4001).astype(np.float32)
+  got = np.asarray(vit_lib.gelu(jnp.asarray(x)))
+  np.testing.assert_allclose(got, x * norm.cdf(x.astype(np.float64)),
+                             atol=2e-6, rtol=1e-6)
+  np.testing.assert_allclose(got, np.asarray(nn.gelu(x, approximate=False)),
+                             atol=2e-6, rtol=1e-6)
