@@ -49,7 +49,7 @@ import math
 
 import ml_collections
 
-from eo_jax.config import base_config, parse_arg, smoke_run
+from eo_jax.config import base_config, parse_arg, smoke_run, tiny_vit
 from eo_jax.data.datasets.s2_scene import DEFAULT_PATH
 from eo_jax.objectives import dino
 
@@ -104,19 +104,8 @@ def get_config(arg=None):
     c.probe.batch_size = 8
     c.probe.knn_k = (3,)
     c.probe.linear_epochs = 20
-    c.model.variant = "Ti/4"
-    c.model.width = 32
-    c.model.depth = 2
-    c.model.num_heads = 2
-    c.model.mlp_dim = 64
-    c.dino.global_size = 16
-    c.dino.local_size = 8
-    c.dino.num_local = 2
-    c.dino.num_prototypes = 64
-    c.dino.head_hidden_dim = 32
-    c.dino.head_bottleneck_dim = 16
-    c.dino.warmup_teacher_temp_epochs = 1.0
-    c.dino.vis_examples = 2
+    tiny_vit(c.model, depth=2)
+    dino.shrink_for_smoke_run(c.dino)
     c.input.batch_size = 8
     c.input.eval_batch_size = 8
     smoke_run(c, 6)

@@ -64,7 +64,7 @@ import math
 
 import ml_collections
 
-from eo_jax.config import base_config, parse_arg, smoke_run
+from eo_jax.config import base_config, parse_arg, smoke_run, tiny_vit
 from eo_jax.objectives import dino
 
 
@@ -142,20 +142,9 @@ def _runlocal(c, with_data: bool) -> None:
         name="synthetic", task="classification", num_bands=32, num_classes=3,
         image_size=16, num_train=24, num_val=12, num_test=4))
     c.train.final_eval_splits = ("val",)
-  c.model.variant = "Ti/4"
-  c.model.width = 32
-  c.model.depth = 2
-  c.model.num_heads = 2
-  c.model.mlp_dim = 64
+  tiny_vit(c.model, depth=2)
   c.model.drop_path = 0.1
-  c.dino.global_size = 16
-  c.dino.local_size = 8
-  c.dino.num_local = 2
-  c.dino.num_prototypes = 64
-  c.dino.head_hidden_dim = 32
-  c.dino.head_bottleneck_dim = 16
-  c.dino.warmup_teacher_temp_epochs = 1.0
-  c.dino.vis_examples = 2
+  dino.shrink_for_smoke_run(c.dino)
   c.input.batch_size = 8
   c.input.eval_batch_size = 8
   c.probe.batch_size = 8

@@ -35,7 +35,7 @@ with config.init_from (source_prefix 'encoder').
 """
 import ml_collections
 
-from eo_jax.config import base_config, parse_arg, smoke_run
+from eo_jax.config import base_config, parse_arg, smoke_run, tiny_vit
 from eo_jax.objectives import mae
 
 DECODERS = {"light": dict(decoder_width=128, decoder_depth=2, decoder_heads=4),
@@ -90,11 +90,7 @@ def get_config(arg=None):
         num_train=32, num_val=8, num_test=8))
     c.input.batch_size = 8
     c.input.augment.random_resized_crop = False
-    c.model.variant = "Ti/4"
-    c.model.width = 32
-    c.model.depth = 1
-    c.model.num_heads = 2
-    c.model.mlp_dim = 64
+    tiny_vit(c.model, depth=1)
     c.model.posemb = "learn"
     c.mae.decoder_width = 32
     c.mae.decoder_depth = 1

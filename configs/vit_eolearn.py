@@ -38,7 +38,7 @@ steps, init_from left empty for the tests to fill in).
 """
 import ml_collections
 
-from eo_jax.config import base_config, parse_arg, smoke_run
+from eo_jax.config import base_config, parse_arg, smoke_run, tiny_vit
 
 MODES = ("probe", "finetune")
 
@@ -96,11 +96,7 @@ def get_config(arg=None):
     c.input.image_size = 8
     c.input.batch_size = 16
     c.input.eval_batch_size = 64
-    c.model.variant = "Ti/4"
-    c.model.width = 32
-    c.model.depth = 1
-    c.model.num_heads = 2
-    c.model.mlp_dim = 64
+    tiny_vit(c.model, depth=1)
     c.model.posemb = "learn"
     c.init_from.workdir = ""
     c.optim.warmup_epochs = 0.0

@@ -133,6 +133,19 @@ def smoke_run(config: ConfigDict, steps: int) -> None:
   config.train.progress_bar = False
 
 
+def tiny_vit(model: ConfigDict, depth: int = 1) -> None:
+  """Makes `config.model` the `runlocal` ViT: patch 4, width 32, 2 heads, MLP 64.
+
+  The MAE, probe and DINO configs share it, so that a tiny MAE run's encoder
+  loads into the tiny probe run.
+  """
+  model.variant = "Ti/4"
+  model.width = 32
+  model.depth = depth
+  model.num_heads = 2
+  model.mlp_dim = 64
+
+
 def _literal(text: str) -> Any:
   try:
     return ast.literal_eval(text)

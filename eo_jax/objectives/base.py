@@ -40,6 +40,8 @@ import numpy as np
 
 from eo_jax.data import bands as bands_lib
 from eo_jax.data.datasets.base import DatasetInfo
+from eo_jax.models import build_model
+from eo_jax.models import vit as vit_lib
 from eo_jax.registry import Registry
 
 PyTree = Any
@@ -76,6 +78,39 @@ class Evaluator(Protocol):
   def result(self) -> dict[str, Any]:
     """Scalars (written to the metric writers) and arrays (plotted)."""
     ...
+
+
+def objective_settings(section: str, given: Mapping[str, Any] | None,
+                       defaults: Mapping[str, Any]) -> dict[str, Any]:
+  """`defaults` updated by `given` (config.<section>); unknown keys fail.
+
+  The error names the section, the unknown keys and the known ones.
+  """
+  given = dict(given) if given is not None else {}
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    raise KeyError(f"Unknown config.{section} keys {unknown}; "
+                   f"known: {sorted(defaults)}.")
+  return {**defaults, **given}
+
+
+def vit_backbone(config: ml_collections.ConfigDict, info: DatasetInfo,
+                 objective: str, why: str) -> vit_lib.ViT:
+  """`config.model` built for `info`'s bands without a head; it must be a ViT.
+
+  Args:
+    config: the experiment config.
+    info: the training data's description.
+    objective: the objective's registered name, for the error.
+    why: what the objective does with patch tokens, for the error.
+  """
+  model = build_model(config.model, bands=info.bands, num_classes=0)
+  if not isinstance(model, vit_lib.ViT):
+    raise ValueError(
+        f"objective {objective!r} {why} and needs a ViT; config.model.name="
+        f"{config.model.name!r} builds a {type(model).__name__}. Set "
+        "config.model.name='vit'.")
+  return model
 
 
 def png_name(stem: str, split: str) -> str:

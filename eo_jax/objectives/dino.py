@@ -76,13 +76,12 @@ from eo_jax.data import block_masking
 from eo_jax.data.datasets.base import DatasetInfo
 from eo_jax.data.multicrop import MultiCrop
 from eo_jax.data.spectral_augment import SpectralAugment
-from eo_jax.models import build_model
 from eo_jax.models import vit as vit_lib
 from eo_jax.models.dino_head import DINOHead
 from eo_jax.objectives import centering
 from eo_jax.objectives.base import (OBJECTIVES, Objective, StepOutput,
                                     TrainState, Variables, display_bands,
-                                    png_name)
+                                    objective_settings, png_name, vit_backbone)
 from eo_jax.objectives.dino_loss import cross_entropy, dino_cls_loss
 from eo_jax.objectives.ibot_loss import ibot_patch_loss
 from eo_jax.objectives.koleo import koleo_loss, l2_normalize
@@ -141,11 +140,21 @@ CENTERINGS = ("sinkhorn_knopp", "softmax")
 
 def default_config(**overrides: Any) -> ml_collections.ConfigDict:
   """`config.dino` with DINOv2's defaults and `overrides` applied."""
-  unknown = sorted(set(overrides) - set(DEFAULTS))
-  if unknown:
-    raise KeyError(f"Unknown config.dino keys {unknown}; known: "
-                   f"{sorted(DEFAULTS)}.")
-  return ml_collections.ConfigDict({**DEFAULTS, **overrides})
+  return ml_collections.ConfigDict(
+      objective_settings("dino", overrides, DEFAULTS))
+
+
+def shrink_for_smoke_run(dino: ml_collections.ConfigDict) -> None:
+  """`config.dino` for the configs' `runlocal` runs: 16 / 8 px crops (2 local),
+  64 prototypes, a 32-wide head, teacher warmup over one epoch."""
+  dino.global_size = 16
+  dino.local_size = 8
+  dino.num_local = 2
+  dino.num_prototypes = 64
+  dino.head_hidden_dim = 32
+  dino.head_bottleneck_dim = 16
+  dino.warmup_teacher_temp_epochs = 1.0
+  dino.vis_examples = 2
 
 
 def set_dinov2_optim(optim: ml_collections.ConfigDict) -> None:
@@ -167,13 +176,7 @@ def set_dinov2_optim(optim: ml_collections.ConfigDict) -> None:
 
 
 def _settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  given = config.get("dino", None)
-  given = dict(given) if given is not None else {}
-  unknown = sorted(set(given) - set(DEFAULTS))
-  if unknown:
-    raise KeyError(f"config.dino has unknown keys {unknown}; known: "
-                   f"{sorted(DEFAULTS)}.")
-  s = {**DEFAULTS, **given}
+  s = objective_settings("dino", config.get("dino", None), DEFAULTS)
   if s["centering"] not in CENTERINGS:
     raise ValueError(f"config.dino.centering must be one of {CENTERINGS}, got "
                      f"{s['centering']!r}.")
@@ -258,13 +261,8 @@ class DINO(Objective):
                run_length: tuple[int, int] | None = None):
     super().__init__(config, info, run_length)
     s = self.settings = _settings(config)
-    backbone = build_model(config.model, bands=info.bands, num_classes=0)
-    if not isinstance(backbone, vit_lib.ViT):
-      raise ValueError(
-          f"objective 'dino' masks patch tokens and needs a ViT; "
-          f"config.model.name={config.model.name!r} builds a "
-          f"{type(backbone).__name__}. Set config.model.name='vit'.")
-    self.backbone = backbone.clone(use_mask_token=True)
+    self.backbone = vit_backbone(config, info, "dino",
+                                 "masks patch tokens").clone(use_mask_token=True)
     self.patch_size = int(self.backbone.patch_size)
     for key in ("global_size", "local_size"):
       if int(s[key]) % self.patch_size:

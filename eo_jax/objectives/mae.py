@@ -31,13 +31,12 @@ import ml_collections
 import numpy as np
 
 from eo_jax.data.datasets.base import DatasetInfo
-from eo_jax.models import build_model
 from eo_jax.models import vit as vit_lib
 from eo_jax.models.mae_decoder import MAEDecoder, patchify, unpatchify
 from eo_jax.objectives import masking
 from eo_jax.objectives.base import (OBJECTIVES, Objective, StepOutput,
                                     TrainState, Variables, display_bands,
-                                    png_name)
+                                    objective_settings, png_name, vit_backbone)
 from eo_jax.visualize import reconstruction
 
 #: `config.mae` keys and their defaults (MAE's ViT recipe).
@@ -57,20 +56,12 @@ _EVAL_MASK_SALT = 0x3AE  # separates the eval masks' key from other seeds
 
 def default_config(**overrides: Any) -> ml_collections.ConfigDict:
   """`config.mae` with MAE's defaults, `overrides` applied."""
-  unknown = sorted(set(overrides) - set(DEFAULTS))
-  if unknown:
-    raise KeyError(f"Unknown config.mae keys {unknown}; known: {sorted(DEFAULTS)}.")
-  return ml_collections.ConfigDict({**DEFAULTS, **overrides})
+  return ml_collections.ConfigDict(
+      objective_settings("mae", overrides, DEFAULTS))
 
 
 def _settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  given = config.get("mae", None)
-  given = dict(given) if given is not None else {}
-  unknown = sorted(set(given) - set(DEFAULTS))
-  if unknown:
-    raise KeyError(f"config.mae has unknown keys {unknown}; known: "
-                   f"{sorted(DEFAULTS)}.")
-  return {**DEFAULTS, **given}
+  return objective_settings("mae", config.get("mae", None), DEFAULTS)
 
 
 # ---------------------------------------------------------------------------
@@ -158,12 +149,8 @@ class MAE(Objective):
                run_length: tuple[int, int] | None = None):
     super().__init__(config, info, run_length)
     self.settings = _settings(config)
-    self.encoder = build_model(config.model, bands=info.bands, num_classes=0)
-    if not hasattr(self.encoder, "encode_visible"):
-      raise ValueError(
-          f"objective 'mae' encodes only the visible patches and needs a ViT "
-          f"encoder; config.model.name={config.model.name!r} builds a "
-          f"{type(self.encoder).__name__}. Set config.model.name='vit'.")
+    self.encoder = vit_backbone(config, info, "mae",
+                                "encodes only the visible patches")
     self.patch_size = int(self.encoder.patch_size)
     s = self.settings
     if not 0.0 < float(s["mask_ratio"]) < 1.0:

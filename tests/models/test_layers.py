@@ -17,11 +17,15 @@ def _quick_rng_compile():
     yield
 
 
-def _both(x, **conv_kwargs):
-  """Outputs and input/param gradients of nn.Conv and layers.Conv."""
+def _against_nn_conv(x, im2col_max_size, **conv_kwargs):
+  """Outputs and input/param gradients of nn.Conv and of layers.Conv.
+
+  `im2col_max_size` picks the layers.Conv path: large (64) forces im2col for
+  every shape tested here, 0 forces the XLA conv with the matmul kernel
+  gradient. Returns (variables, [(y, grads) of nn.Conv, of layers.Conv]).
+  """
   ref = nn.Conv(**conv_kwargs)
-  # A large threshold forces the im2col path for every shape tested here.
-  ours = layers.Conv(**conv_kwargs, im2col_max_size=64)
+  ours = layers.Conv(**conv_kwargs, im2col_max_size=im2col_max_size)
   variables = ref.init(jax.random.key(0), x)
   weights = jax.random.normal(jax.random.key(1), (1,))  # for a non-trivial loss
 
@@ -35,7 +39,12 @@ def _both(x, **conv_kwargs):
         lambda p, x, m=module: loss(m, p, x), argnums=(0, 1), has_aux=True))(
             variables["params"], x)
     results.append((y, grads))
-  return results
+  return variables, results
+
+
+def _both(x, **conv_kwargs):
+  """nn.Conv vs layers.Conv on its im2col path."""
+  return _against_nn_conv(x, 64, **conv_kwargs)[1]
 
 
 @pytest.mark.parametrize("shape,strides,padding", [
@@ -143,21 +152,7 @@ def test_max_pool_module_matches_function():
 
 def _with_kernel_grad_path(x, **conv_kwargs):
   """nn.Conv vs layers.Conv forced onto conv_matmul_kernel_grad."""
-  ref = nn.Conv(**conv_kwargs)
-  ours = layers.Conv(**conv_kwargs, im2col_max_size=0)
-  variables = ref.init(jax.random.key(0), x)
-
-  def loss(module, params, x):
-    y = module.apply({"params": params}, x)
-    return jnp.sum(jnp.sin(y)), y
-
-  results = []
-  for module in (ref, ours):
-    (_, y), grads = jax.jit(jax.value_and_grad(
-        lambda p, x, m=module: loss(m, p, x), argnums=(0, 1), has_aux=True))(
-            variables["params"], x)
-    results.append((y, grads))
-  return variables, results
+  return _against_nn_conv(x, 0, **conv_kwargs)
 
 
 @pytest.mark.parametrize("shape,kernel,strides,padding,dilation", [

@@ -164,7 +164,7 @@ def test_config_mistakes_fail_with_the_key_to_fix():
     _objective(dino_config(local_size=6))
   with pytest.raises(ValueError, match="centering"):
     _objective(dino_config(centering="mean"))
-  with pytest.raises(KeyError, match="unknown keys.*prototypes"):
+  with pytest.raises(KeyError, match=r"Unknown config.dino keys.*prototypes"):
     _objective(dino_config(prototypes=3))
 
 

@@ -14,6 +14,7 @@ batching happen later, in `data/pipeline.py`.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any, Callable, Protocol, Sequence
 
@@ -100,7 +101,7 @@ def missing_data(name: str, path: Any, url: str, config_key: str,
       f"  and set {config_key}=/path/to/it. Expected layout: {layout}")
 
 
-class LabelledImageFiles:
+class LabelledImageFiles(abc.ABC):
   """A lazy source over labelled image files: {'image': float32, 'label': int32}.
 
   Subclasses say where example i lives (`_where`) and how to decode it
@@ -124,11 +125,13 @@ class LabelledImageFiles:
   def __len__(self) -> int:
     return len(self.labels)
 
+  @abc.abstractmethod
   def _where(self, index: int) -> str:
-    raise NotImplementedError
+    """Where example `index` is stored, for error messages."""
 
+  @abc.abstractmethod
   def _decode(self, index: int) -> np.ndarray:
-    raise NotImplementedError
+    """Example `index`'s image, decoded; may raise anything on a bad file."""
 
   def read_image(self, index: int) -> np.ndarray:
     """Example `index`'s image as stored (H, W, C), checked."""
