@@ -7,10 +7,13 @@ on every OTHER crop:
 
   CE(t, s) = -sum_k t_k log softmax(s / tau_s)_k,
 
-averaged over the batch for each (student crop, teacher crop) pair, then
-over the pairs. With 2 global and L local crops there are 2 * 1 + 2 * L
-pairs: a global crop is never compared with itself. This is DINOv2's total
-of its global and local terms, each divided by the number of pairs.
+averaged over the batch for each (student crop, teacher crop) pair. With T
+global and L local crops there are T * (T - 1) global pairs (a global crop
+is never compared with itself) and T * L local ones; the pair losses are
+summed and divided by T * (T - 1) + max(T * L, 1), as DINOv2 does. With
+local crops that is the mean over the pairs; without them (L = 0) DINOv2
+still adds 1 to the count, so two global crops give 2/3 of the mean of
+their two pair losses, and so does this loss.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ def pair_mask(num_student_crops: int, num_teacher_crops: int) -> jax.Array:
 
 def dino_cls_loss(student_logits: jax.Array, teacher_probs: jax.Array,
                   student_temperature: float = 0.1) -> jax.Array:
-  """The DINO loss averaged over crop pairs and images.
+  """The DINO loss over crop pairs and images (see the module docstring).
 
   Args:
     student_logits: (S, B, K) student prototype logits: crops 0..T-1 are the
@@ -62,5 +65,6 @@ def dino_cls_loss(student_logits: jax.Array, teacher_probs: jax.Array,
   # (S, T): batch mean of the cross-entropy of every pair.
   per_pair = -jnp.einsum("tbk,sbk->st", teacher_probs.astype(jnp.float32),
                          log_p) / b
-  mask = pair_mask(s, t)
-  return jnp.sum(per_pair * mask) / jnp.sum(mask)
+  num_local = s - t
+  terms = t * (t - 1) + max(num_local * t, 1)
+  return jnp.sum(per_pair * pair_mask(s, t)) / terms
