@@ -4,6 +4,7 @@ Built from configs/dino_whu.py's runlocal variant (synthetic 32-band data,
 a width-32 depth-2 ViT), so its compiled programs are shared with the
 end-to-end tests through the compilation cache.
 """
+import functools
 import os
 import pickle
 
@@ -14,10 +15,13 @@ import numpy as np
 import pytest
 
 from eo_jax import config as config_lib
+from eo_jax.data import block_masking
+from eo_jax.data import pipeline
 from eo_jax.data.datasets import build_dataset
 from eo_jax.objectives import OBJECTIVES
 from eo_jax.objectives.base import TrainState
 from eo_jax.objectives.dino import DINOEvaluator, crop_major
+import numpy_reference as ref
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "configs", "dino_whu.py")
@@ -186,3 +190,163 @@ def test_run_length_from_the_trainer_drives_the_schedules():
   assert float(other.teacher_temp(30)) == pytest.approx(s["teacher_temp"])
   assert float(other.teacher_temp(15)) == pytest.approx(
       (s["warmup_teacher_temp"] + s["teacher_temp"]) / 2)
+
+
+# ------------------------------------------ the whole loss, in numpy
+#
+# A real batch of multi-crop views from the training pipeline; the student
+# and the teacher at different points (as mid-way through the EMA); step 12
+# of a run of 100 steps of 10 per epoch: the teacher temperature is mid-way
+# through its 3-epoch warm-up, 0.04 + (0.07 - 0.04) * 12 / 30 = 0.052, and
+# the prototypes were unfrozen after 1 epoch. Drop-path 0, so the student's
+# training pass is deterministic and can be recomputed view by view.
+
+STEP, TEMP = 12, 0.052
+
+
+def _perturbed(tree, seed, scale):
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(treedef, [
+      x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+@functools.lru_cache(maxsize=None)
+def _wired(centering, num_local=2):
+  config = dino_config(centering=centering, warmup_teacher_temp_epochs=3.0,
+                       num_local=num_local,
+                       freeze_last_layer_epochs=1.0,
+                       ibot_separate_head=centering == "softmax",
+                       ibot_num_prototypes=48)
+  config.model.drop_path = 0.0
+  dataset = build_dataset(config.data)
+  obj = OBJECTIVES.get("dino")(config, dataset.info, run_length=(10, 100))
+  loader = pipeline.train_loader(dataset, config.input, seed=4,
+                                 views_fn=obj.train_views())
+  batch = {k: jnp.asarray(v) for k, v in next(iter(loader)).items()}
+  images = next(iter(pipeline.eval_loader(dataset, "val", config.input)))["image"]
+  v = jax.jit(lambda r, b: (lambda x: (x.params, x.extra))(obj.init(r, b)))(
+      jax.random.key(0), batch)
+  params = _perturbed(v[0], 1, 0.05)
+  extra = dict(v[1], teacher=_perturbed(v[1]["teacher"], 2, 0.05))
+  for name in ("dino_center", "ibot_center"):
+    if name in extra:
+      extra[name] = 0.1 * jax.random.normal(jax.random.key(3), extra[name].shape)
+  state = TrainState(step=jnp.asarray(STEP, jnp.int32), params=params,
+                     model_state={}, opt_state=None, extra=extra)
+  return obj, batch, jnp.asarray(images), state
+
+
+def _apply(obj, params, image, mask=None):
+  """(class-token logits, patch-token logits of the iBOT head, features)."""
+  _, f = obj.backbone.apply({"params": params["backbone"]}, image, mask=mask)
+  tokens = f["patch_tokens"].reshape(image.shape[0], -1, f["patch_tokens"].shape[-1])
+  if "ibot_head" in params:
+    patch_logits = obj.ibot_head.apply({"params": params["ibot_head"]}, tokens)
+  else:
+    patch_logits = obj.dino_head.apply({"params": params["dino_head"]}, tokens)
+  return (obj.dino_head.apply({"params": params["dino_head"]}, f["cls"]),
+          patch_logits, f["cls"])
+
+
+def _dino_by_hand(obj, batch, state, mask_key):
+  """DINOv2's loss and metrics, crop by crop, in numpy."""
+  apply = jax.jit(functools.partial(_apply, obj))
+  teacher, student = state.extra["teacher"], state.params["student"]
+  crops = np.asarray(batch["global_crops"])
+  b = crops.shape[0]
+  # The iBOT masks of the 2B global crops, all first crops then all second.
+  masks = np.asarray(block_masking.ibot_masks(mask_key, 2 * b, (4, 4), (0.1, 0.5),
+                                              0.5, attempts=16))
+  t_cls, t_patch, s_cls, s_patch, s_tokens = [], [], [], [], []
+  for v in range(2):
+    out = [np.asarray(x, np.float64) for x in apply(teacher, crops[:, v])]
+    t_cls.append(out[0])
+    t_patch.append(out[1])
+    out = [np.asarray(x, np.float64) for x in apply(
+        student, crops[:, v], jnp.asarray(masks[v * b:(v + 1) * b]))]
+    s_cls.append(out[0])
+    s_patch.append(out[1])
+    s_tokens.append(out[2])
+  local = [np.asarray(apply(student, np.asarray(batch["local_crops"])[:, j])[0],
+                      np.float64) for j in range(obj.settings["num_local"])]
+
+  rows = lambda v: masks[v * b:(v + 1) * b]
+  t_masked = np.concatenate([t_patch[v][rows(v)] for v in range(2)])
+  if obj.settings["centering"] == "sinkhorn_knopp":
+    targets = ref.sinkhorn_knopp(np.concatenate(t_cls), TEMP, 3)
+    patch_targets = ref.sinkhorn_knopp(t_masked, TEMP, 3)
+    centers = {}
+  else:
+    dino_c = np.asarray(state.extra["dino_center"], np.float64)
+    ibot_c = np.asarray(state.extra["ibot_center"], np.float64)
+    targets = ref.softmax((np.concatenate(t_cls) - dino_c) / TEMP)
+    patch_targets = ref.softmax((t_masked - ibot_c) / TEMP)
+    centers = {"dino_center": 0.9 * dino_c + 0.1 * np.concatenate(t_cls).mean(0),
+               "ibot_center": 0.9 * ibot_c + 0.1 * t_masked.mean(0)}
+  dino = ref.dino_loss(s_cls + local, [targets[:b], targets[b:]], 0.1)
+  koleo = ref.koleo(s_tokens[0]) + ref.koleo(s_tokens[1])
+  # Each image's masked patches, in crop-major order like the masks.
+  counts = masks.sum(1)
+  splits = np.cumsum(counts)[:-1]
+  s_masked = np.split(np.concatenate([s_patch[v][rows(v)] for v in range(2)]), splits)
+  ibot = ref.ibot_loss(s_masked, np.split(patch_targets, splits), masks, 0.1)
+  assert counts.min() == 0 and counts.max() > 0  # half the crops are masked
+  metrics = {"dino_loss": dino, "koleo_loss": koleo / 2, "ibot_loss": ibot,
+             "teacher_temp": TEMP, "masked_fraction": masks.mean()}
+  return 1.0 * dino + 0.1 * koleo + 1.0 * ibot, metrics, centers
+
+
+@pytest.mark.parametrize("centering,num_local", [
+    ("sinkhorn_knopp", 2), ("softmax", 2), ("sinkhorn_knopp", 0)])
+def test_training_loss_equals_dinov2_in_numpy(centering, num_local):
+  obj, batch, _, state = _wired(centering, num_local)
+  assert ("local_crops" in batch) == (num_local > 0)
+  rng = jax.random.key(7)
+  loss, out = jax.jit(obj.loss)(state.params, state, batch, rng)
+  mask_key = jax.random.split(rng, 3)[0]   # the objective's (mask, ...) split
+  expected, metrics, centers = _dino_by_hand(obj, batch, state, mask_key)
+  np.testing.assert_allclose(float(loss), expected, rtol=2e-5)
+  for name, value in metrics.items():
+    np.testing.assert_allclose(float(out.metrics[name]), value, rtol=2e-5,
+                               err_msg=name)
+  for name, value in centers.items():
+    np.testing.assert_allclose(out.extra[name], value, rtol=1e-4, atol=1e-6,
+                               err_msg=name)
+  # The teacher is carried over untouched (its EMA comes after the update).
+  jax.tree.map(np.testing.assert_array_equal, out.extra["teacher"],
+               state.extra["teacher"])
+
+
+def test_eval_step_in_numpy():
+  obj, _, images, state = _wired("sinkhorn_knopp")
+  out = jax.jit(obj.eval_step)(state, {"image": images})
+  apply = jax.jit(functools.partial(_apply, obj))
+  t_logits, _, t_cls = [np.asarray(x, np.float64)
+                        for x in apply(state.extra["teacher"], images)]
+  s_logits, _, s_cls = [np.asarray(x, np.float64)
+                        for x in apply(state.params["student"], images)]
+  # The teacher's plain softmax at the FINAL temperature (0.07): a
+  # per-example value must not depend on its batch or on the step.
+  t_probs = ref.softmax(t_logits / 0.07)
+  np.testing.assert_allclose(out["loss"], ref.cross_entropy(t_probs, s_logits, 0.1),
+                             rtol=1e-5)
+  cosine = (t_cls * s_cls).sum(-1) / (np.linalg.norm(t_cls, axis=-1)
+                                      * np.linalg.norm(s_cls, axis=-1))
+  np.testing.assert_allclose(out["cosine"], cosine, rtol=1e-5)
+  assert cosine.max() < 0.9999  # teacher and student really differ here
+  np.testing.assert_allclose(out["teacher_entropy"],
+                             -(t_probs * np.log(t_probs)).sum(-1), rtol=1e-4)
+  np.testing.assert_array_equal(out["prototype"], t_logits.argmax(-1))
+
+
+def test_after_update_mid_schedule_in_numpy():
+  obj, _, _, state = _wired("sinkhorn_knopp")
+  step = 40  # the 40th update has index 39 of 100
+  new = jax.jit(obj.after_update)(state.replace(step=jnp.asarray(step)))
+  m = ref.cosine_schedule(0.992, 1.0, 100, step - 1)
+  expected = jax.tree.map(lambda t, s: m * np.asarray(t, np.float64)
+                          + (1 - m) * np.asarray(s, np.float64),
+                          state.extra["teacher"], state.params["student"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               new["teacher"], expected)

@@ -15,6 +15,8 @@ import optax
 import pytest
 
 from eo_jax.config import base_config
+from eo_jax.data import pipeline
+from eo_jax.data.datasets import build_dataset
 from eo_jax.data.bands import SENTINEL2
 from eo_jax.data.datasets.synthetic import synthetic
 from eo_jax.models import vit as vit_lib
@@ -23,6 +25,7 @@ from eo_jax.objectives import OBJECTIVES, mae
 from eo_jax.objectives.base import TrainState
 from eo_jax.objectives.supervised import Supervised
 from eo_jax.visualize import reconstruction
+import numpy_reference as ref
 
 
 def _config(**mae_overrides):
@@ -335,3 +338,78 @@ def test_embed_is_the_encoder_on_the_whole_image():
   assert feats.shape == (2, 32)
   pooled, _ = jax.jit(obj.encoder.apply)({"params": params["encoder"]}, image)
   np.testing.assert_allclose(feats, pooled, atol=1e-6)
+
+
+# ----------------------------------------- the whole loss, in numpy
+
+
+@functools.lru_cache(maxsize=None)
+def _registers_objective():
+  """MAE on a 1-register ViT (prefix = cls + register) for the wiring tests."""
+  config = _config(mask_ratio=0.75, norm_pix_loss=True)
+  config.model.num_registers = 1
+  config.data = ml_collections.ConfigDict(dict(
+      name="synthetic", task="unlabelled", num_bands=5, image_size=16,
+      num_train=16, num_val=8, num_test=8))
+  config.input.batch_size = 4
+  dataset = build_dataset(config.data)
+  obj = OBJECTIVES.get("mae")(config, dataset.info)
+  image = next(iter(pipeline.train_loader(dataset, config.input, seed=1)))["image"]
+  params = jax.jit(lambda r, b: obj.init(r, b).params)(jax.random.key(2),
+                                                        {"image": image})
+  # Away from the initialisation: every parameter moved at random.
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  params = jax.tree.unflatten(treedef, [
+      x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  return obj, jnp.asarray(image), params
+
+
+def _mae_by_hand(obj, params, image, mask_key):
+  """(numpy loss per example, pixel MSE per example, mask) of MAE written out:
+  noise -> argsort -> the first N/4 patches stay visible; the encoder gets
+  them, the decoder gets [cls, register, visible tokens] and the un-shuffle."""
+  p, n = 4, 16
+  noise = np.asarray(jax.random.uniform(mask_key, (image.shape[0], n)))
+  shuffle = np.argsort(noise, axis=1, kind="stable")
+  keep = shuffle[:, :4]                        # round(16 * (1 - 0.75))
+  restore = np.argsort(shuffle, axis=1)
+  mask = np.ones((image.shape[0], n))
+  np.put_along_axis(mask, keep, 0.0, axis=1)
+  _, features = jax.jit(obj.encoder.apply)({"params": params["encoder"]}, image,
+                                           keep_indices=jnp.asarray(keep))
+  tokens = jnp.concatenate([features["cls"][:, None], features["registers"],
+                            features["visible_tokens"]], axis=1)
+  pred = np.asarray(jax.jit(obj.decoder.apply, static_argnums=(3, 4))(
+      {"params": params["decoder"]}, tokens, jnp.asarray(restore), (4, 4), 2),
+                    np.float64)
+  raw = ref.patchify(np.asarray(image), p)
+  loss = ref.masked_patch_mse(pred, ref.norm_pix(raw), mask)
+  # Predictions back in band-normalised units with each patch's true statistics.
+  pixels = (pred * np.sqrt(raw.var(-1, ddof=1, keepdims=True) + 1e-6)
+            + raw.mean(-1, keepdims=True))
+  return loss, ref.masked_patch_mse(pixels, raw, mask), mask
+
+
+def test_training_loss_is_numpy_mse_over_the_masked_patches_only():
+  obj, image, params = _registers_objective()
+  rng = jax.random.key(11)
+  loss, _ = _jit(obj, "loss")(params, _state(params), {"image": image}, rng)
+  mask_key, _ = jax.random.split(rng)   # the objective's (mask, dropout) split
+  expected, _, mask = _mae_by_hand(obj, params, image, mask_key)
+  assert mask.sum(1).tolist() == [12.0] * 4
+  np.testing.assert_allclose(float(loss), expected.mean(), rtol=1e-5)
+  # The same numbers over the VISIBLE patches are far from it.
+  visible = ref.masked_patch_mse(
+      np.asarray(_jit(obj, "predict")(params, image, mask_key)[0]),
+      ref.norm_pix(ref.patchify(np.asarray(image), 4)), 1 - mask).mean()
+  assert abs(visible - expected.mean()) > 1e-2 * expected.mean()
+
+
+def test_eval_step_loss_and_pixel_mse_in_numpy():
+  obj, image, params = _registers_objective()
+  out = _jit(obj, "eval_step")(_state(params), {"image": image})
+  # Evaluation masks come from the objective's fixed key, whatever the step.
+  loss, pixel_mse, _ = _mae_by_hand(obj, params, image, obj._eval_mask_rng())  # pylint: disable=protected-access
+  np.testing.assert_allclose(out["loss"], loss, rtol=1e-5)
+  np.testing.assert_allclose(out["pixel_mse"], pixel_mse, rtol=1e-5)
