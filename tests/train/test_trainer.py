@@ -6,19 +6,46 @@ import numpy as np
 import pytest
 
 from eo_jax.train import trainer
-from tiny import Crash, crash_at, final_params, tiny_config
+from tiny import (Crash, assert_metrics_equal, checkpoint_variables, crash_at,
+                  direct_outputs, final_params, reference_metrics, tiny_config)
+
+
+def _knn_votes(train_x, train_y, query_x, k, temperature, num_classes):
+  """Cosine-similarity kNN: the k nearest (earliest on ties) vote with
+  exp(similarity / T)."""
+  train = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+  query = query_x / np.linalg.norm(query_x, axis=1, keepdims=True)
+  sim = query @ train.T
+  votes = np.zeros((len(query), num_classes))
+  for i, row in enumerate(sim):
+    for j in np.argsort(-row, kind="stable")[:k]:
+      votes[i, train_y[j]] += np.exp(row[j] / temperature)
+  return votes
 
 
 def test_run_writes_metrics_plots_and_checkpoints(tmp_path):
   config = tiny_config(**{"train.steps": 24})
+  # Frozen-feature probes on noisier images of the same classes: on the
+  # training data itself any features, even random ones, score 1.0, which
+  # no wrong wire could change.
+  probe_view = tiny_config(**{"data.noise": 5.0})
   config.unlock()
-  config.probe.data = config.data  # frozen-feature probes on the same data
+  config.probe.data = probe_view.data
   config.probe.knn_k = (5,)
   config.lock()
   results = trainer.train_and_evaluate(config, str(tmp_path))
-  # Features of a network that classifies well are linearly separable too.
+  # Features of a network that classifies well separate its classes.
   assert results["probe"]["linear/accuracy"] > 0.6, results["probe"]
-  assert 0 <= results["probe"]["knn5/macro_f1"] <= 1
+  # The final kNN probe, recomputed from the final state's features of the
+  # probe's train and val splits (the model applied directly, no loader).
+  variables = checkpoint_variables(str(tmp_path))
+  train = direct_outputs(probe_view, *variables, "train")
+  val = direct_outputs(probe_view, *variables, "val")
+  knn = reference_metrics(_knn_votes(train["features"], train["labels"], val["features"],
+                                     5, config.probe.knn_temperature, 3), val["labels"], 3)
+  assert 0.4 < knn["accuracy"] < 1, knn  # errors that a wrong wire would move
+  assert results["probe"]["knn5/accuracy"] == knn["accuracy"], (results["probe"], knn)
+  np.testing.assert_allclose(results["probe"]["knn5/macro_f1"], knn["macro_f1"], rtol=1e-12)
   for name in ("results.json", "curves.png", "confusion_val.png", "confusion_test.png"):
     assert (tmp_path / name).exists(), name
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
@@ -26,6 +53,7 @@ def test_run_writes_metrics_plots_and_checkpoints(tmp_path):
                 if s.isdigit())[-1] == 24
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved["step"] == 24
+  assert saved["test"] == results["test"] and saved["probe"] == results["probe"]
   # 12 test images, 3 well-separated classes: far above chance (1/3).
   assert results["test"]["accuracy"] > 0.6, results
   assert set(results["test"]) >= {"accuracy", "macro_f1", "map", "loss"}
@@ -86,3 +114,12 @@ def test_early_stopping_stops_and_evaluates_best_state(tmp_path):
   results = trainer.train_and_evaluate(config, str(tmp_path))
   assert results["step"] == 6  # first eval sets the best, two more fail to beat it
   assert results["evaluated_step"] == 2
+  # The test metrics are those of the best (step 2) state, not the last one.
+  best = direct_outputs(
+      config, *checkpoint_variables(str(tmp_path), "checkpoints_best"), "test")
+  last = direct_outputs(config, *checkpoint_variables(str(tmp_path)), "test")
+  expected = reference_metrics(best["logits"], best["labels"], 3)
+  assert_metrics_equal(results["test"], expected, [f"class_{k}" for k in range(3)])
+  # ...which the check above can tell apart.
+  assert reference_metrics(last["logits"], last["labels"], 3)["loss"] != pytest.approx(
+      expected["loss"], rel=1e-4)
