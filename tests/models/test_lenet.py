@@ -86,3 +86,72 @@ def test_bad_inputs_fail_clearly():
     init(jnp.zeros((1, 32, 32, 13)))
   with pytest.raises(ValueError, match="mask"):
     init(jnp.zeros((1, 32, 32, 3)), mask=jnp.zeros((1, 4)))
+
+
+# --- An independent forward pass in float64 numpy ---------------------------
+
+
+def _np_conv_valid(x, kernel, bias):
+  """Unpadded stride-1 convolution (cross-correlation), NHWC x HWIO."""
+  kh, kw = kernel.shape[:2]
+  # (B, H', W', C, kh, kw): every kh x kw window of every channel.
+  windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))
+  return np.einsum("bhwcij,ijco->bhwo", windows, kernel) + bias
+
+
+def _np_max_pool_2x2(x):
+  """2x2 windows, stride 2, VALID: an odd last row/column is dropped."""
+  b, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _np_lenet(params, image):
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  relu = lambda a: np.maximum(a, 0.0)
+  x = np.asarray(image, np.float64)
+  feats = {}
+  x = feats["stem"] = _np_max_pool_2x2(
+      relu(_np_conv_valid(x, p["conv1"]["kernel"], p["conv1"]["bias"])))
+  x = feats["stage_1"] = _np_max_pool_2x2(
+      relu(_np_conv_valid(x, p["conv2"]["kernel"], p["conv2"]["bias"])))
+  x = x.reshape(x.shape[0], -1)  # row-major over (H, W, C), as Flax's reshape
+  x = relu(x @ p["fc1"]["kernel"] + p["fc1"]["bias"])
+  x = feats["pre_logits"] = relu(x @ p["fc2"]["kernel"] + p["fc2"]["bias"])
+  head = p["head"]["fc"]
+  return x @ head["kernel"] + head["bias"], feats
+
+
+def _assert_close_to_scale(got, want, rel, name):
+  got = np.asarray(got, np.float64)
+  err = np.abs(got - want).max()
+  assert err <= rel * np.abs(want).max(), (name, err, np.abs(want).max())
+
+
+def test_forward_pass_matches_numpy_float64_reference():
+  # 25 x 20 pixels: non-square (an H/W swap in the flatten changes fc1's
+  # input order) and odd after the first conv (21 rows: the first pool must
+  # drop the last row). 21x16 -> pool 10x8 -> conv 6x4 -> pool 3x2x16 = 96.
+  model = lenet.LeNet(num_classes=5, bands=_bands(3))
+  x = jax.random.normal(jax.random.key(0), (3, 25, 20, 3))
+  variables = jax.jit(model.init)(jax.random.key(1), x)
+  # Flax initialises biases to zero; random biases make the test see them.
+  rng = np.random.default_rng(0)
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, a: (jnp.asarray(rng.normal(0, 0.1, a.shape), a.dtype)
+                       if path[-1].key == "bias" else a), variables["params"])
+  logits, feats = jax.jit(model.apply)({"params": params}, x)
+
+  want_logits, want = _np_lenet(params, x)
+  assert feats["stage_1"].shape == (3, 3, 2, 16)
+  # float32 sums of <= 150 products per output against float64: measured
+  # max errors 3e-7 to 5e-7 of each output's scale (a (W, H, C) flatten
+  # would be off by 35% of the logits' scale).
+  for name in ("stem", "stage_1", "pre_logits"):
+    assert feats[name].shape == want[name].shape, name
+    _assert_close_to_scale(feats[name], want[name], 1e-5, name)
+  _assert_close_to_scale(logits, want_logits, 1e-5, "logits")
+  # The comparison is not vacuous: ReLUs are active and inactive, logits
+  # differ between images.
+  assert 0 < (want["pre_logits"] > 0).mean() < 1
+  assert np.ptp(want_logits, axis=0).min() > 1e-3

@@ -530,9 +530,21 @@ def test_bfloat16_compute_keeps_float32_params():
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
   x = _images()
   out, f = model.apply(variables, x)
-  ref, _ = _base().apply(variables, x)
+  ref, f_ref = _base().apply(variables, x)
   assert f["block_0"].dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=0.1)
+  # The headless model's output is the pre-logits vector (|max| 2.2 here),
+  # so the comparison has a scale. bfloat16 keeps 8 significant bits
+  # (rounding error <= 2^-8 = 0.39% per op); over the patch embedding and
+  # two blocks the measured max errors are 0.45% (patch_embed), 0.85%
+  # (block_1) and 1.35% (output) of each tensor's max |value|: 5% leaves
+  # ~4x margin and still fails for a wrong wire (errors of order 100%).
+  for got, want in ((out, ref), (f["block_1"], f_ref["block_1"]),
+                    (f["patch_embed"], f_ref["patch_embed"])):
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    assert np.abs(want).max() > 1.0
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
+    # Not float32 in disguise: the bfloat16 path really rounded.
+    assert not np.array_equal(got, want)
 
 
 def test_layer_id_for_layerwise_decay():

@@ -244,6 +244,76 @@ def test_adadelta_decreases_a_quadratic():
   assert float(loss(params)) < start
 
 
+def _adadelta_by_hand(params, grads_seq, *, lr, rho, eps, wd, decay_all):
+  """Updates of Zeiler's (2012) Adadelta, in float64, with coupled L2 decay.
+
+  Per element: g += wd * p (matrices only unless `decay_all`);
+  E[g^2] = rho E[g^2] + (1 - rho) g^2; d = sqrt(E[dx^2] + eps) /
+  sqrt(E[g^2] + eps) * g; E[dx^2] = rho E[dx^2] + (1 - rho) d^2; the update
+  is -lr * d and is applied to the params before the next gradient.
+  """
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  e_g = {k: np.zeros_like(v) for k, v in p.items()}
+  e_x = {k: np.zeros_like(v) for k, v in p.items()}
+  out = []
+  for grads in grads_seq:
+    updates = {}
+    for k in p:
+      g = np.asarray(grads[k], np.float64)
+      if decay_all or p[k].ndim > 1:
+        g = g + wd * p[k]
+      e_g[k] = rho * e_g[k] + (1 - rho) * g ** 2
+      d = np.sqrt(e_x[k] + eps) / np.sqrt(e_g[k] + eps) * g
+      e_x[k] = rho * e_x[k] + (1 - rho) * d ** 2
+      updates[k] = -lr * d
+      p[k] = p[k] + updates[k]
+    out.append(updates)
+  return out
+
+
+@pytest.mark.parametrize("wd,decay_all", [(0.0, False), (0.3, False),
+                                          (0.3, True)])
+def test_adadelta_first_two_updates_by_hand(wd, decay_all):
+  rng = np.random.default_rng(0)
+  params = {"kernel": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=(2,)), jnp.float32)}
+  # Gradients of different signs and sizes, so that eps matters for the
+  # small ones and E[g^2] for the large ones.
+  grads_seq = [
+      {"kernel": jnp.asarray([[2.0, -0.5], [1e-3, 0.0], [-4.0, 0.3]]),
+       "bias": jnp.asarray([0.7, -2.0])},
+      {"kernel": jnp.asarray([[1.0, 0.5], [-1e-3, 3.0], [-4.0, -0.3]]),
+       "bias": jnp.asarray([-0.2, -2.0])}]
+  lr, rho, eps = 0.5, 0.8, 1e-3
+  c = _cfg(name="adadelta", lr=lr, rho=rho, eps=eps, weight_decay=wd,
+           decay_norms_and_biases=decay_all)
+  tx, _ = optim.make_optimizer(c, params, steps_per_epoch=1, total_steps=5)
+  state = tx.init(params)
+  got, p = [], params
+  for grads in grads_seq:
+    updates, state = jax.jit(tx.update)(grads, state, p)
+    got.append(updates)
+    p = optax.apply_updates(p, updates)
+  want = _adadelta_by_hand(params, grads_seq, lr=lr, rho=rho, eps=eps, wd=wd,
+                           decay_all=decay_all)
+  for step, (g, w) in enumerate(zip(got, want)):
+    for k in ("kernel", "bias"):
+      np.testing.assert_allclose(g[k], w[k], rtol=2e-5, atol=1e-9,
+                                 err_msg=f"step {step + 1} {k}")
+  # By hand for one element, without decay: g = 2 on step 1 gives
+  # E[g^2] = 0.2 * 4 = 0.8, d = sqrt(1e-3) / sqrt(0.801) * 2 = 0.0706665,
+  # update -0.5 d = -0.0353333.
+  if wd == 0.0:
+    np.testing.assert_allclose(got[0]["kernel"][0, 0], -0.0353333, rtol=1e-5)
+  # Decay changes the kernel's update, and the bias's only with decay_all.
+  if wd > 0:
+    plain = _adadelta_by_hand(params, grads_seq, lr=lr, rho=rho, eps=eps,
+                              wd=0.0, decay_all=False)
+    assert not np.allclose(got[1]["kernel"], plain[1]["kernel"], rtol=1e-3)
+    assert np.allclose(got[1]["bias"], plain[1]["bias"],
+                       rtol=1e-5) != decay_all
+
+
 def test_grad_clipping_bounds_the_update():
   c = _cfg(name="sgd", momentum=0.0, lr=1.0, grad_clip_norm=1.0)
   u = _first_update(c, grads=_grads(10.0))

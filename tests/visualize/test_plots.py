@@ -1,6 +1,7 @@
 """Tests for eo_jax.visualize: curves, history, confusion matrix, segmentation maps."""
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -97,9 +98,18 @@ def test_rgb_composite_range_and_stretch():
   rgb = segmentation_maps.rgb_composite(image, (2, 1, 0), percentiles=(0, 100))
   np.testing.assert_allclose(rgb[..., 0], lin, atol=1e-6)
   np.testing.assert_allclose(rgb[..., 1], 1 - lin, atol=1e-6)
-  # A constant band does not divide by zero.
-  flat = segmentation_maps.rgb_composite(np.ones((4, 4, 3)))
-  assert np.isfinite(flat).all()
+  # A constant band does not divide by zero (0/0 would warn; its NaN is
+  # masked in the output, so finiteness alone proves nothing): every pixel
+  # equals the band's low percentile, which the stretch maps to 0.
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", RuntimeWarning)
+    flat = segmentation_maps.rgb_composite(np.stack(
+        [np.full((4, 4), 7.0), lin[:4, :4], np.full((4, 4), -2.0)], axis=-1),
+        percentiles=(0, 100))
+  np.testing.assert_array_equal(flat[..., 0], 0.0)
+  np.testing.assert_array_equal(flat[..., 2], 0.0)
+  # The varying band next to them is still stretched to [0, 1].
+  assert flat[..., 1].min() == 0.0 and flat[..., 1].max() == 1.0
   with pytest.raises(ValueError, match="out of range"):
     segmentation_maps.rgb_composite(image, (0, 1, 4))
 
