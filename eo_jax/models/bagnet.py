@@ -17,10 +17,15 @@ output location (i, j) covers input rows [i * jump, i * jump + q) and columns
 [j * jump, j * jump + q) exactly; `receptive_field` computes (q, jump, offset)
 from the layer list, and the tests check it against gradients.
 
-Every convolution is `layers.Conv`, which computes small maps as an im2col
-matmul (XLA's CPU convolution is very slow there) and which model summaries
-follow. features: 'stem', 'stage_1'..'stage_4', 'pre_logits' (pooled, float32)
-and, with a head, 'local_logits' (B, h, w, K).
+BatchNorms follow the reference: PyTorch's defaults (momentum 0.1, i.e.
+Flax's 0.9; epsilon 1e-5) except the stem's, whose momentum is 0.001 (Flax
+0.999). `head_init='torch'` initialises the classifier like the reference's
+`nn.Linear`; the default keeps Flax's Dense init.
+
+Every convolution is `layers.Conv` (faster formulations on CPU, see
+eo_jax/backend.py), which model summaries follow. features: 'stem',
+'stage_1'..'stage_4' (the dense maps; `dense_maps()` gives their strides),
+'pre_logits' (pooled, float32) and, with a head, 'local_logits' (B, h, w, K).
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from eo_jax.data.bands import Band
-from eo_jax.models import layers
+from eo_jax.models import common
 from eo_jax.models.registry import MODELS
 
 BLOCKS = (3, 4, 6, 3)
@@ -46,8 +51,11 @@ VARIANTS = {
     "bagnet33": (1, 1, 1, 1),
 }
 
-# He-normal on fan-out, as the reference initialises its convolutions.
-_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# The reference's stem BatchNorm: PyTorch momentum 0.001, so its running
+# statistics move by 0.001 of the batch's per step.
+STEM_BN_MOMENTUM = 0.999
+
+_STEM_PARTS = ("stem_conv1", "stem_conv2", "stem_bn")
 
 
 class ReceptiveField(NamedTuple):
@@ -67,18 +75,7 @@ class ReceptiveField(NamedTuple):
     return (input_size - self.offset - self.size) // self.jump + 1
 
 
-def _norm(train: bool, dtype: Any, **kwargs) -> nn.BatchNorm:
-  # PyTorch's BatchNorm defaults (momentum 0.1 there is 0.9 here) so that
-  # the reference's weights and training recipe carry over unchanged.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      epsilon=1e-5, dtype=dtype, **kwargs)
-
-
-def _conv(features: int, kernel: int, stride: int = 1, *, dtype: Any,
-          name: str) -> layers.Conv:
-  return layers.Conv(features, (kernel, kernel), strides=(stride, stride),
-                     padding="VALID", use_bias=False, dtype=dtype,
-                     kernel_init=_conv_init, name=name)
+_conv = functools.partial(common.conv, padded=False)
 
 
 def _check_arch(kernel3: Sequence[int], strides: Sequence[int],
@@ -138,9 +135,8 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     conv = functools.partial(_conv, dtype=self.dtype)
-    norm = functools.partial(_norm, train, self.dtype)
-    last_scale = (nn.initializers.zeros if self.zero_init_last_bn
-                  else nn.initializers.ones)
+    norm = functools.partial(common.batch_norm, train, self.dtype)
+    last_scale = common.last_bn_scale_init(self.zero_init_last_bn)
     out_features = self.features * EXPANSION
 
     y = nn.relu(norm(name="bn1")(conv(self.features, 1, name="conv1")(x)))
@@ -174,6 +170,9 @@ class BagNet(nn.Module):
       tuple skips the check).
     zero_init_residual: start each block's last BN scale at zero, so every
       block begins as the identity.
+    head_init: 'default' (Flax's Dense init: LeCun normal, zero bias) or
+      'torch' (the reference's `nn.Linear`: kernel and bias
+      U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
     dtype: compute dtype; parameters stay float32, and the pooled features
       and logits are float32.
   """
@@ -184,6 +183,7 @@ class BagNet(nn.Module):
   width: int = 64
   bands: tuple[Band, ...] = ()
   zero_init_residual: bool = False
+  head_init: str = "default"
   dtype: Any = jnp.float32
 
   @property
@@ -191,34 +191,43 @@ class BagNet(nn.Module):
     """Receptive field (size q, jump, offset) of the output locations."""
     return receptive_field(self.kernel3, self.strides, self.blocks)
 
-  def _check_input(self, image: jax.Array, mask: Any) -> None:
-    if mask is not None:
-      raise ValueError("BagNet takes no token mask; call it with mask=None.")
-    if image.ndim != 4:
-      raise ValueError(f"BagNet expects images shaped (B, H, W, C); got "
-                       f"{image.shape}.")
-    if self.bands and image.shape[-1] != len(self.bands):
-      raise ValueError(
-          f"BagNet was built for {len(self.bands)} bands but the image has "
-          f"{image.shape[-1]} channels; build the model with the dataset's "
-          "bands (config.data.bands).")
-    q = self.rf.size
-    if min(image.shape[1:3]) < q:
-      raise ValueError(
-          f"A BagNet with receptive field {q} needs inputs of at least {q}x{q} "
-          f"pixels; got {image.shape[1]}x{image.shape[2]}. Raise "
-          "`config.input.image_size` or pick a BagNet with a smaller field.")
+  def dense_maps(self) -> dict[str, int]:
+    """'stem' and 'stage_<i>' with their strides in input pixels.
+
+    Unpadded convolutions make each map smaller than the image / stride:
+    a map of stride s whose locations see r pixels has
+    (size - r) // s + 1 locations along an axis of `size` pixels.
+    """
+    maps, jump = {"stem": 1}, 1
+    for i, stride in enumerate(self.strides):
+      jump *= stride
+      maps[f"stage_{i + 1}"] = jump
+    return maps
+
+  def layer_id(self, path: str) -> int:
+    """Stem 0, stage i -> i, head and anything else `num_layers()`."""
+    return common.stage_layer_id(path, len(self.blocks), _STEM_PARTS)
+
+  def num_layers(self) -> int:
+    """Stages + 1: the depth of the head, above the last stage."""
+    return len(self.blocks) + 1
 
   @nn.compact
   def __call__(self, image: jax.Array, train: bool = False,
                mask: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    self._check_input(image, mask)
+    q = self.rf.size
+    common.check_image(
+        "BagNet", image, mask, self.bands, min_size=q,
+        min_size_fix=f"its receptive field is {q} pixels. Raise "
+        "config.input.image_size or pick a BagNet with a smaller field.")
     features = {}
     x = jnp.asarray(image, self.dtype)
     # As in the reference, no BatchNorm between the two stem convolutions.
     x = _conv(self.width, 1, dtype=self.dtype, name="stem_conv1")(x)
     x = _conv(self.width, 3, dtype=self.dtype, name="stem_conv2")(x)
-    x = nn.relu(_norm(train, self.dtype, name="stem_bn")(x))
+    x = common.batch_norm(train, self.dtype, momentum=STEM_BN_MOMENTUM,
+                          name="stem_bn")(x)
+    x = nn.relu(x)
     features["stem"] = x
 
     for i, (k3, stride, n) in enumerate(
@@ -237,7 +246,8 @@ class BagNet(nn.Module):
       return pooled, features
     # The head is linear, so averaging local logits equals classifying the
     # pooled features; computing the map first exposes the local evidence.
-    local = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+    local = nn.Dense(self.num_classes, dtype=self.dtype, name="head",
+                     **common.dense_inits(self.head_init, x.shape[-1]))(x)
     features["local_logits"] = local = local.astype(jnp.float32)
     return jnp.mean(local, axis=(1, 2)), features
 
@@ -247,7 +257,7 @@ def bagnet(*, bands: Sequence[Band] = (), num_classes: int,
            kernel3: Sequence[int] = VARIANTS["bagnet33"],
            strides: Sequence[int] = STRIDES, blocks: Sequence[int] = BLOCKS,
            width: int = 64, zero_init_residual: bool = False,
-           dtype: Any = "float32") -> BagNet:
+           head_init: str = "default", dtype: Any = "float32") -> BagNet:
   """A BagNet with any per-stage 3x3 counts, e.g. kernel3=(1, 1, 0, 0).
 
   `blocks` other than (3, 4, 6, 3) keep the receptive field (it depends on
@@ -255,9 +265,11 @@ def bagnet(*, bands: Sequence[Band] = (), num_classes: int,
   """
   kernel3, strides, blocks = tuple(kernel3), tuple(strides), tuple(blocks)
   _check_arch(kernel3, strides, blocks)
+  common.dense_inits(head_init, 1)  # a config typo fails here, not at init
   return BagNet(num_classes=num_classes, kernel3=kernel3, strides=strides,
                 blocks=blocks, width=width, bands=tuple(bands),
-                zero_init_residual=zero_init_residual, dtype=jnp.dtype(dtype))
+                zero_init_residual=zero_init_residual, head_init=head_init,
+                dtype=jnp.dtype(dtype))
 
 
 def _variant(name: str):

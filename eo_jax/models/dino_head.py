@@ -24,13 +24,12 @@ import jax
 import jax.numpy as jnp
 
 from eo_jax.models import vit as vit_lib
+from eo_jax.models.common import l2_normalize
 
 Array = jax.Array
 
-
-def _l2_normalize(x: Array, axis: int, eps: float) -> Array:
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-  return x / jnp.maximum(norm, eps)
+# torch's F.normalize default, which DINO's head uses.
+_NORM_EPS = 1e-12
 
 
 class DINOHead(nn.Module):
@@ -61,11 +60,11 @@ class DINOHead(nn.Module):
     for i in range(self.num_layers - 1):
       x = vit_lib.gelu(dense(self.hidden_dim, i)(x))
     x = dense(self.bottleneck_dim, self.num_layers - 1)(x)
-    x = _l2_normalize(x.astype(jnp.float32), -1, 1e-12)
+    x = l2_normalize(x.astype(jnp.float32), -1, eps=_NORM_EPS)
     # Weight norm with g = 1: only each prototype's direction is learned.
     v = self.param("last_layer", _last_layer_init,
                    (self.bottleneck_dim, self.num_prototypes))
-    w = _l2_normalize(v.astype(jnp.float32), 0, 1e-12)
+    w = l2_normalize(v.astype(jnp.float32), 0, eps=_NORM_EPS)
     return x @ w
 
 

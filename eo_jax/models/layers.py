@@ -1,10 +1,10 @@
 """Convolution and pooling layers shared by the CNNs.
 
 `Conv` is a drop-in replacement for `flax.linen.Conv` (same attributes, same
-parameter names and shapes, same results) that works around two slow spots
-of XLA's CPU convolutions:
+parameter names and shapes, same results) that can work around two slow
+spots of XLA's CPU convolutions:
 
-* Small maps (<= `IM2COL_MAX_SIZE`): XLA rewrites a 3x3 convolution on a
+* Small maps (<= `im2col_max_size`): XLA rewrites a 3x3 convolution on a
   2x2 map (operands swapped in the algebraic simplifier) onto a path one to
   two orders of magnitude slower than oneDNN, and its gradients on 4x4 maps
   are slow too. These are computed as an explicit im2col: the kh*kw strided,
@@ -18,14 +18,17 @@ of XLA's CPU convolutions:
   (`conv_matmul_kernel_grad`): forward+backward becomes 1.7-2.8x the
   forward pass (170 ms in that example).
 
-The choice is made per call from static shapes. `override_formulations`
-switches either formulation (and `MaxPool`'s, below) off for A/B
-measurements.
+Whether these formulations (and `MaxPool`'s, below) are used is decided in
+one place, `eo_jax.backend.formulations()`: on by default on a CPU backend,
+off (XLA's own ops) on GPU and TPU. A module attribute set explicitly
+overrides the backend for that module, and `override_formulations`
+overrides both for everything traced inside its block (A/B measurements).
+The path is chosen per call from static shapes.
 
 The pooling layers are modules (rather than calls of `nn.max_pool` /
 `nn.avg_pool`) so that model summaries (eo_jax/summary.py), which see module
-calls only, can follow the receptive field through them; `MaxPool` also
-replaces XLA's slow max-pool gradient (`max_pool`).
+calls only, can follow the receptive field through them; `MaxPool` can also
+replace XLA's slow max-pool gradient (`max_pool`).
 """
 from __future__ import annotations
 
@@ -40,13 +43,11 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-# Largest input height/width computed as im2col. Measured with 3x3 convs at
-# ResNet-18 widths, batch 64, on a 2-core CPU (jax 0.10.2), im2col vs nn.Conv:
-# 2x2 maps (512 ch) 60-100x faster forward and forward+backward; 4x4 maps
-# 1.2-2x faster forward, 1-17x forward+backward (a strided 4x4 conv's
-# backward hits the slow path too); 8x8 maps 0.7-1.0x forward, 1.1-1.4x
-# forward+backward; 16x16 maps 2.5x slower.
-IM2COL_MAX_SIZE = 4
+from eo_jax import backend
+
+# The CPU default, kept here for the benchmarks that print it; the
+# measurements behind it are in eo_jax/backend.py.
+IM2COL_MAX_SIZE = backend.CPU_IM2COL_MAX_SIZE
 
 _FALLBACK_PADDINGS = ("CIRCULAR", "REFLECT", "CAUSAL")
 
@@ -67,11 +68,11 @@ def override_formulations(*, im2col_max_size: int | None = None,
   """Overrides how every `Conv` and `MaxPool` traced inside the block runs.
 
   For A/B measurements of whole models (all three off is plain `nn.Conv` and
-  `nn.max_pool` everywhere) and for backends whose own convolutions are
-  fast. The choice is made when a model is traced, so the block must enclose
-  the tracing: put it inside the function given to `jax.jit`, not around a
-  call of an already compiled one. Arguments left None keep each module's
-  own attribute.
+  `nn.max_pool` everywhere). The choice is made when a model is traced, so
+  the block must enclose the tracing: put it inside the function given to
+  `jax.jit`, not around a call of an already compiled one. Arguments left
+  None keep each module's own attribute or, where that is None, the
+  process-wide choice of `eo_jax.backend.formulations()`.
 
   Args:
     im2col_max_size: every Conv's `im2col_max_size` (0: never im2col).
@@ -91,9 +92,22 @@ def override_formulations(*, im2col_max_size: int | None = None,
     _OVERRIDES.reset(token)
 
 
+# Module attribute -> the `backend.Formulations` field that serves as its
+# default.
+_BACKEND_FIELDS = {"im2col_max_size": "im2col_max_size",
+                   "matmul_kernel_grad": "matmul_kernel_grad",
+                   "views_grad": "max_pool_views_grad"}
+
+
 def _setting(module: nn.Module, name: str) -> Any:
-  """The module's attribute `name`, unless an override block sets it."""
-  return _OVERRIDES.get().get(name, getattr(module, name))
+  """An override block's `name`, else the module's, else the backend's."""
+  overrides = _OVERRIDES.get()
+  if name in overrides:
+    return overrides[name]
+  value = getattr(module, name)
+  if value is not None:
+    return value
+  return getattr(backend.formulations(), _BACKEND_FIELDS[name])
 
 
 def _pairs(value: int | Sequence[int] | None, n: int) -> tuple[int, ...]:
@@ -225,10 +239,10 @@ def _taps_matmul(x, kernel, strides, padding, kernel_dilation, precision):
   """
   kh, kw, cin, cout = kernel.shape
   taps = kernel.reshape(kh * kw, cin, cout)
-  if jax.process_count() > 1:
-    # Unrolled across processes: with the batch sharded, each tap's matmul
-    # ends in an all-reduce, and CPU runs with gloo collectives abort
-    # ("collective mismatch") when those sit inside the scan's while loop
+  if backend.formulations().unroll_kernel_grad_taps:
+    # Multi-process runs: with the batch sharded, each tap's matmul ends in
+    # an all-reduce, and CPU runs with gloo collectives abort ("collective
+    # mismatch") when those sit inside the scan's while loop
     # (tests/train/test_distributed.py). Costs ~20% speed and kh*kw views
     # of memory.
     views = _shifted_views(x, (kh, kw), strides, padding, kernel_dilation)
@@ -334,12 +348,14 @@ class Conv(nn.Conv):
 
   Attributes:
     im2col_max_size: largest input height and width computed as im2col;
-      0 never uses im2col.
+      0 never uses im2col; None (default) takes
+      `eo_jax.backend.formulations()`'s (4 on CPU, 0 elsewhere).
     matmul_kernel_grad: on larger maps, compute the kernel gradient as
-      matmuls (XLA's forward and input gradient are kept).
+      matmuls (XLA's forward and input gradient are kept); None takes the
+      backend's (on for CPU only).
   """
-  im2col_max_size: int = IM2COL_MAX_SIZE
-  matmul_kernel_grad: bool = True
+  im2col_max_size: int | None = None
+  matmul_kernel_grad: bool | None = None
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -459,13 +475,14 @@ class MaxPool(nn.Module):
     strides: (sh, sw); None is 1.
     padding: 'VALID', 'SAME' or (low, high) pairs.
     views_grad: 2-D pools on NHWC maps use `max_pool` (same values and
-      gradients as `nn.max_pool`, faster backward pass on CPU); replaced
-      inside an `override_formulations` block that sets it.
+      gradients as `nn.max_pool`, faster backward pass on CPU); None
+      (default) takes `eo_jax.backend.formulations()`'s (on for CPU only);
+      replaced inside an `override_formulations` block that sets it.
   """
   window: tuple[int, int]
   strides: tuple[int, int] | None = None
   padding: str | Sequence[tuple[int, int]] = "VALID"
-  views_grad: bool = True
+  views_grad: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:

@@ -7,11 +7,13 @@ unpadded convolutions as in the original, any band count. Because it
 flattens, the first Dense layer's size depends on the image size: 64x64
 inputs give a 13x13x16 map (2,704 inputs).
 
-features: 'stem' (after the first pool), 'stage_1' (after the second pool),
-'pre_logits' (the 84-d vector).
+features: 'stem' (after the first pool, stride 2), 'stage_1' (after the
+second pool, stride 4), the dense maps of `dense_maps()`; 'pre_logits' (the
+84-d vector).
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -19,11 +21,16 @@ import jax
 import jax.numpy as jnp
 
 from eo_jax.data.bands import Band
-from eo_jax.models import heads, layers
+from eo_jax.models import common, heads, layers
 from eo_jax.models.registry import MODELS
 
 # Smallest input for which both unpadded 5x5 convs and both pools fit.
 MIN_SIZE = 16
+
+# Feature names of the two conv + pool stages, and the submodules that
+# belong to each (for layer-wise decay).
+_MAPS = ("stem", "stage_1")
+_STAGE_PARTS = (("conv1", "pool1"), ("conv2", "pool2"))
 
 
 class LeNet(nn.Module):
@@ -43,28 +50,41 @@ class LeNet(nn.Module):
   hidden: Sequence[int] = (120, 84)
   dtype: Any = jnp.float32
 
+  def dense_maps(self) -> dict[str, int]:
+    """'stem' (stride 2) and 'stage_1' (stride 4).
+
+    The convolutions are unpadded: along an axis of n pixels 'stem' has
+    (n - 4) // 2 locations and 'stage_1' ((n - 4) // 2 - 4) // 2.
+    """
+    return {name: 2 ** (i + 1) for i, name in enumerate(_MAPS)}
+
+  def layer_id(self, path: str) -> int:
+    """conv1 0, conv2 1, the Dense layers 2, the head and the rest 3.
+
+    The first '/'-separated component naming a LeNet part decides, so the
+    path may carry the model's own name inside a larger module.
+    """
+    for part in path.split("/"):
+      if part == "head":
+        break
+      for depth, parts in enumerate(_STAGE_PARTS):
+        if part in parts:
+          return depth
+      if re.fullmatch(r"fc\d+", part):
+        return len(_STAGE_PARTS)
+    return self.num_layers()
+
+  def num_layers(self) -> int:
+    """The depth of the head: the conv stages and the Dense stack below it."""
+    return len(_STAGE_PARTS) + 1
+
   @nn.compact
   def __call__(self, image: jax.Array, train: bool = False,
                mask: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    if mask is not None:
-      raise ValueError("LeNet does not take a token mask; call it with "
-                       "mask=None.")
-    if image.ndim != 4:
-      raise ValueError(f"LeNet expects (B, H, W, C) images, got shape "
-                       f"{image.shape}.")
-    if self.bands and image.shape[-1] != len(self.bands):
-      raise ValueError(
-          f"LeNet was built for {len(self.bands)} bands but the image has "
-          f"{image.shape[-1]} channels; build the model with the dataset's "
-          "bands (config.data.bands).")
-    if min(image.shape[1:3]) < MIN_SIZE:
-      raise ValueError(f"LeNet needs images of at least {MIN_SIZE}x{MIN_SIZE} "
-                       f"pixels, got {image.shape[1]}x{image.shape[2]}; set "
-                       "config.input.image_size.")
+    common.check_image("LeNet", image, mask, self.bands, min_size=MIN_SIZE)
     features = {}
     x = jnp.asarray(image, self.dtype)
-    names = ("stem", "stage_1")
-    for i, (channels, name) in enumerate(zip(self.channels, names)):
+    for i, (channels, name) in enumerate(zip(self.channels, _MAPS)):
       x = layers.Conv(channels, (5, 5), padding="VALID", dtype=self.dtype,
                       name=f"conv{i + 1}")(x)
       x = layers.MaxPool((2, 2), (2, 2), name=f"pool{i + 1}")(nn.relu(x))

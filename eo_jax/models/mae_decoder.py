@@ -48,6 +48,13 @@ def unpatchify(patches: Array, patch_size: int, grid: tuple[int, int],
   return x.reshape(b, gh * p, gw * p, num_bands)
 
 
+def unshuffle(shuffled: Array, restore_indices: Array) -> Array:
+  """(B, N, ...) sequence in shuffle order -> the same in patch order."""
+  index = restore_indices.reshape(restore_indices.shape +
+                                  (1,) * (shuffled.ndim - 2))
+  return jnp.take_along_axis(shuffled, index, axis=1)
+
+
 class MAEDecoder(nn.Module):
   """Lightweight transformer decoder of MAE (see the module docstring).
 
@@ -96,7 +103,7 @@ class MAEDecoder(nn.Module):
     masked = jnp.broadcast_to(token.astype(x.dtype),
                               (b, n - visible.shape[1], self.width))
     shuffled = jnp.concatenate([visible, masked], axis=1)
-    patches = jnp.take_along_axis(shuffled, restore_indices[..., None], axis=1)
+    patches = unshuffle(shuffled, restore_indices)
     pos = vit_lib.posemb_sincos_2d(grid, self.width).reshape(1, n, self.width)
     x = jnp.concatenate([prefix, patches + pos.astype(x.dtype)], axis=1)
     mlp_dim = self.mlp_dim or 4 * self.width

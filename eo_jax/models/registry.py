@@ -4,9 +4,13 @@ Every model is a Flax Linen module whose `__call__(image, train=False,
 mask=None)` returns `(output, features)`: `output` is the model's main
 prediction (class logits, a per-pixel logit map, or the backbone's pooled
 embedding when it has no head) and `features` a dict of named intermediates
-("stem", "stage_1", ..., "block_i", "patch_tokens", "cls", "registers",
-"attention_i", "pre_logits"). Classifiers keep their classifier in a
-submodule named `head`, so optimiser groups can address it by path.
+("stem", "stage_1", ..., "block_i", "grid_i", "patch_tokens", "cls",
+"registers", "prefix_tokens", "attention_i", "pre_logits"). Classifiers keep
+their classifier in a submodule named `head`, so optimiser groups can
+address it by path. Every model meets the backbone contract of
+eo_jax/models/backbone.py (`dense_maps`, `layer_id`, `num_layers`; token
+models more), which tests/models/test_backbone.py checks for every name
+registered here.
 
 A factory is registered with `@MODELS.register('name')` and called as
 `factory(bands=..., num_classes=..., **kwargs)`, the kwargs being every

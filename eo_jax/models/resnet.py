@@ -10,103 +10,166 @@ outputs. Variants for Earth observation patches: `low_res_stem` (3x3/1 conv,
 no pool, for 32-64 px inputs), a base `width`, truncation after `num_stages`
 stages and an MLP head.
 
-Every convolution is `layers.Conv`, which computes small maps (<= 4x4) as an
-im2col matmul; XLA's CPU convolution is very slow there.
+`output_stride` (8 or 16) gives the dilated ResNet of DeepLabV3 for dense
+prediction: a stage whose stride-2 block would take the maps past that
+stride keeps stride 1 (its projection shortcut too) and dilates its 3x3
+convolutions instead, as torchvision's `replace_stride_with_dilation` does.
+The conv that would have been strided keeps the dilation in force before the
+stage, and every 3x3 conv after it gets twice that: each then samples the
+same input pixels as in the undilated network, so pretrained weights keep
+their meaning. Output stride 16: stage 4 dilation 2 (its first block's
+stride conv 1); output stride 8: stage 3 dilation 2 (1), stage 4 dilation 4
+(2). Parameters are the same for every output stride.
 
-features: 'stem' (after the max pool), 'stage_1'... 'stage_<num_stages>', and
-'pre_logits' (the pooled vector, float32).
+Every convolution is `layers.Conv` (faster formulations on CPU, see
+eo_jax/backend.py).
+
+features: 'stem' (after the max pool), 'stage_1'... 'stage_<num_stages>'
+(the dense maps, with the strides `dense_maps()` gives), and 'pre_logits'
+(the pooled vector, float32).
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from eo_jax.data.bands import Band
-from eo_jax.models import heads, layers
+from eo_jax.models import common, heads, layers
 from eo_jax.models.registry import MODELS
 
 BLOCK_KINDS = ("basic", "bottleneck")
 
-# torchvision initialises convolutions with He-normal on fan-out.
-_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# Parameterless stem parts included: the first path component that names
+# one of these puts a parameter at depth 0.
+_STEM_PARTS = ("stem_conv", "stem_bn", "stem_pool")
 
 
-def _norm(train: bool, dtype: Any, **kwargs) -> nn.BatchNorm:
-  # PyTorch's BatchNorm defaults (momentum 0.1 there is 0.9 here) so that
-  # imported weights and PyTorch training recipes carry over unchanged.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      epsilon=1e-5, dtype=dtype, **kwargs)
+class StageGeometry(NamedTuple):
+  """How one stage samples its input.
+
+  Attributes:
+    stride: stride of the stage's first block (its strided conv and
+      projection); 1 where a dilation replaces it.
+    first_dilation: dilation of the first block's strided 3x3 conv.
+    dilation: dilation of every later 3x3 conv of the stage.
+    output_stride: the stage's output stride in input pixels.
+  """
+  stride: int
+  first_dilation: int
+  dilation: int
+  output_stride: int
 
 
-def _conv(features: int, kernel: int, stride: int = 1, *, dtype: Any,
-          name: str) -> layers.Conv:
-  pad = (kernel - 1) // 2
-  return layers.Conv(features, (kernel, kernel), strides=(stride, stride),
-                     padding=((pad, pad), (pad, pad)), use_bias=False,
-                     dtype=dtype, kernel_init=_conv_init, name=name)
+def stem_stride(low_res_stem: bool) -> int:
+  """Stride of the stem's output: 7x7/2 conv and 3x3/2 pool, or none."""
+  return 1 if low_res_stem else 4
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convolutions with an identity or projection shortcut."""
+def stage_geometry(num_stages: int, low_res_stem: bool = False,
+                   output_stride: int | None = None) -> list[StageGeometry]:
+  """Strides and dilations of the stages (see the module docstring).
+
+  Args:
+    num_stages: stages kept.
+    low_res_stem: the stride-1 stem.
+    output_stride: the largest stride any map may reach; None: no limit.
+
+  Raises:
+    ValueError: `output_stride` is not a power of two at least the stem's.
+  """
+  current = stem_stride(low_res_stem)
+  if output_stride is not None and (
+      output_stride < current or output_stride & (output_stride - 1)):
+    raise ValueError(
+        f"output_stride={output_stride} but the ResNet needs a power of two "
+        f"of at least its stem's stride ({current}); use None, 8 or 16.")
+  dilation, geometry = 1, []
+  for i in range(num_stages):
+    stride, first = (2 if i > 0 else 1), dilation
+    if output_stride is not None and current * stride > output_stride:
+      dilation *= stride
+      stride = 1
+    current *= stride
+    geometry.append(StageGeometry(stride, first, dilation, current))
+  return geometry
+
+
+class _Block(nn.Module):
+  """What both residual blocks take.
+
+  Attributes:
+    features: width of the block's 3x3 conv (its output is `expansion` times
+      that).
+    stride: stride of the block's first 3x3 conv and of its projection.
+    zero_init_last_bn: start the last BN scale at zero (identity block).
+    dtype: compute dtype.
+    first_dilation: dilation of the (would-be) strided 3x3 conv.
+    dilation: dilation of the 3x3 convs after it.
+  """
   features: int
   stride: int = 1
   zero_init_last_bn: bool = False
   dtype: Any = jnp.float32
+  first_dilation: int = 1
+  dilation: int = 1
 
   expansion = 1
 
+
+class BasicBlock(_Block):
+  """Two 3x3 convolutions with an identity or projection shortcut."""
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = functools.partial(_conv, dtype=self.dtype)
-    last_scale = (nn.initializers.zeros if self.zero_init_last_bn
-                  else nn.initializers.ones)
-    y = conv(self.features, 3, self.stride, name="conv1")(x)
-    y = nn.relu(_norm(train, self.dtype, name="bn1")(y))
-    y = conv(self.features, 3, name="conv2")(y)
-    y = _norm(train, self.dtype, scale_init=last_scale, name="bn2")(y)
-    return nn.relu(y + _projection(x, self.features, self.stride, train,
-                                   self.dtype))
+    conv = functools.partial(common.conv, dtype=self.dtype)
+    norm = functools.partial(common.batch_norm, train, self.dtype)
+    y = conv(self.features, 3, self.stride, dilation=self.first_dilation,
+             name="conv1")(x)
+    y = nn.relu(norm(name="bn1")(y))
+    y = conv(self.features, 3, dilation=self.dilation, name="conv2")(y)
+    y = norm(scale_init=common.last_bn_scale_init(self.zero_init_last_bn),
+             name="bn2")(y)
+    return _add_shortcut(self, x, y, train)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
   """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a shortcut."""
-  features: int
-  stride: int = 1
-  zero_init_last_bn: bool = False
-  dtype: Any = jnp.float32
 
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = functools.partial(_conv, dtype=self.dtype)
-    last_scale = (nn.initializers.zeros if self.zero_init_last_bn
-                  else nn.initializers.ones)
-    y = conv(self.features, 1, name="conv1")(x)
-    y = nn.relu(_norm(train, self.dtype, name="bn1")(y))
-    y = conv(self.features, 3, self.stride, name="conv2")(y)
-    y = nn.relu(_norm(train, self.dtype, name="bn2")(y))
+    conv = functools.partial(common.conv, dtype=self.dtype)
+    norm = functools.partial(common.batch_norm, train, self.dtype)
+    y = nn.relu(norm(name="bn1")(conv(self.features, 1, name="conv1")(x)))
+    # The only 3x3 conv is the strided one.
+    y = conv(self.features, 3, self.stride, dilation=self.first_dilation,
+             name="conv2")(y)
+    y = nn.relu(norm(name="bn2")(y))
     y = conv(self.features * self.expansion, 1, name="conv3")(y)
-    y = _norm(train, self.dtype, scale_init=last_scale, name="bn3")(y)
-    return nn.relu(y + _projection(x, self.features * self.expansion,
-                                   self.stride, train, self.dtype))
+    y = norm(scale_init=common.last_bn_scale_init(self.zero_init_last_bn),
+             name="bn3")(y)
+    return _add_shortcut(self, x, y, train)
 
 
-def _projection(x: jax.Array, features: int, stride: int, train: bool,
-                dtype: Any) -> jax.Array:
-  """Identity, or a strided 1x1 conv + BN when the shape changes.
+def _add_shortcut(block: _Block, x: jax.Array, y: jax.Array,
+                  train: bool) -> jax.Array:
+  """relu(residual branch `y` + the shortcut of the block's input `x`).
 
-  Called inside a block's compact `__call__`, so the submodules it creates
-  ('proj_conv', 'proj_bn') belong to that block.
+  The shortcut is the identity, or a strided 1x1 conv + BN when the shape
+  changes. Called inside the block's compact `__call__`, so the submodules
+  it creates ('proj_conv', 'proj_bn') belong to that block.
   """
-  if stride == 1 and x.shape[-1] == features:
-    return x
-  x = _conv(features, 1, stride, dtype=dtype, name="proj_conv")(x)
-  return _norm(train, dtype, name="proj_bn")(x)
+  features = y.shape[-1]
+  if block.stride != 1 or x.shape[-1] != features:
+    x = common.conv(features, 1, block.stride, dtype=block.dtype,
+                    name="proj_conv")(x)
+    x = common.batch_norm(train, block.dtype, name="proj_bn")(x)
+  return nn.relu(y + x)
 
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -130,6 +193,9 @@ class ResNet(nn.Module):
     head_dropout: dropout in the head; None -> 0.2 for 'mlp', 0 for 'linear'.
     zero_init_residual: start each block's last BN scale at zero, so every
       block begins as the identity (Goyal et al. 2017).
+    output_stride: None (strides 4, 8, 16, 32), or 8 or 16: the stages past
+      it are dilated instead of strided (module docstring). Any power of two
+      at least the stem's stride is accepted.
     dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32 and the
       pooled features and logits are float32.
   """
@@ -144,20 +210,23 @@ class ResNet(nn.Module):
   head_hidden: int = 1024
   head_dropout: float | None = None
   zero_init_residual: bool = False
+  output_stride: int | None = None
   dtype: Any = jnp.float32
 
+  def dense_maps(self) -> dict[str, int]:
+    """'stem' and 'stage_<i>' with their strides in input pixels."""
+    return _dense_maps(self)
+
+  def layer_id(self, path: str) -> int:
+    """Stem 0, stage i -> i, head and anything else `num_layers()`."""
+    return common.stage_layer_id(path, _kept_stages(self), _STEM_PARTS)
+
+  def num_layers(self) -> int:
+    """Kept stages + 1: the depth of the head, above the last stage."""
+    return _kept_stages(self) + 1
+
   def _check(self, image: jax.Array, mask: Any) -> None:
-    if mask is not None:
-      raise ValueError("ResNet does not take a token mask; call it with "
-                       "mask=None (masking is for ViT objectives such as MAE).")
-    if image.ndim != 4:
-      raise ValueError(f"ResNet expects (B, H, W, C) images, got shape "
-                       f"{image.shape}.")
-    if self.bands and image.shape[-1] != len(self.bands):
-      raise ValueError(
-          f"ResNet was built for {len(self.bands)} bands but the image has "
-          f"{image.shape[-1]} channels; build the model with the dataset's "
-          "bands (config.data.bands).")
+    common.check_image("ResNet", image, mask, self.bands)
     if self.block not in _BLOCKS:
       raise ValueError(f"Unknown ResNet block {self.block!r}; "
                        f"config.model.block must be one of {BLOCK_KINDS}.")
@@ -171,26 +240,27 @@ class ResNet(nn.Module):
   def __call__(self, image: jax.Array, train: bool = False,
                mask: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     self._check(image, mask)
+    geometry = _geometry(self)
     features = {}
     x = jnp.asarray(image, self.dtype)
-    if self.low_res_stem:
-      x = _conv(self.width, 3, 1, dtype=self.dtype, name="stem_conv")(x)
-      x = nn.relu(_norm(train, self.dtype, name="stem_bn")(x))
-    else:
-      x = _conv(self.width, 7, 2, dtype=self.dtype, name="stem_conv")(x)
-      x = nn.relu(_norm(train, self.dtype, name="stem_bn")(x))
+    kernel, stride = (3, 1) if self.low_res_stem else (7, 2)
+    x = common.conv(self.width, kernel, stride, dtype=self.dtype,
+                    name="stem_conv")(x)
+    x = nn.relu(common.batch_norm(train, self.dtype, name="stem_bn")(x))
+    if not self.low_res_stem:
       x = layers.MaxPool((3, 3), (2, 2), ((1, 1), (1, 1)), name="stem_pool")(x)
     features["stem"] = x
 
     block_cls = _BLOCKS[self.block]
-    num_stages = self.num_stages or len(self.stage_sizes)
-    for i, size in enumerate(self.stage_sizes[:num_stages]):
+    for i, (size, stage) in enumerate(zip(self.stage_sizes, geometry)):
       for j in range(size):
-        stride = 2 if i > 0 and j == 0 else 1
-        x = block_cls(self.width * 2**i, stride,
+        x = block_cls(self.width * 2**i, stage.stride if j == 0 else 1,
                       zero_init_last_bn=self.zero_init_residual,
-                      dtype=self.dtype, name=f"stage_{i + 1}_block_{j}")(
-                          x, train)
+                      dtype=self.dtype,
+                      first_dilation=(stage.first_dilation if j == 0
+                                      else stage.dilation),
+                      dilation=stage.dilation,
+                      name=f"stage_{i + 1}_block_{j}")(x, train)
       features[f"stage_{i + 1}"] = x
 
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
@@ -200,6 +270,25 @@ class ResNet(nn.Module):
     head = heads.make_head(self.head, self.num_classes, hidden=self.head_hidden,
                            dropout=self.head_dropout)
     return head(x, train=train), features
+
+
+# Functions rather than ResNet methods: `__call__` uses them, and Flax
+# records the return values of module methods under `capture_intermediates`
+# and the summary's interceptor.
+def _kept_stages(model: ResNet) -> int:
+  return model.num_stages or len(model.stage_sizes)
+
+
+def _geometry(model: ResNet) -> list[StageGeometry]:
+  return stage_geometry(_kept_stages(model), model.low_res_stem,
+                        model.output_stride)
+
+
+def _dense_maps(model: ResNet) -> dict[str, int]:
+  maps = {"stem": stem_stride(model.low_res_stem)}
+  for i, stage in enumerate(_geometry(model)):
+    maps[f"stage_{i + 1}"] = stage.output_stride
+  return maps
 
 
 def _factory(stage_sizes: Sequence[int], block: str, doc: str):

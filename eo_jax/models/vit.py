@@ -26,7 +26,19 @@ Masking, two ways:
     after the position embedding is added and only 1 + R + K tokens run
     through the blocks. `encode_visible` is the same call under a name. The
     full grid does not exist then, so features hold 'visible_tokens'
-    (B, K, D) instead of 'patch_tokens'.
+    (B, K, D) instead of 'patch_tokens' and the 'grid_<i>'.
+
+Features: 'patch_embed' (B, N, D) (patches + position embedding),
+'block_<i>' (B, T, D) (every token after block i), 'grid_<i>' (B, gh, gw, D)
+(block i's patch tokens on the grid), 'patch_tokens' (B, gh, gw, D), 'cls'
+(B, D), 'registers' (B, R, D), 'prefix_tokens' (B, 1 + R, D) (cls and
+registers; the last four after the final norm), 'pre_logits' (B, D). The
+grids are views of 'block_<i>'; under jit, features that nothing reads
+cost nothing.
+
+The ViT is a token backbone (eo_jax/models/backbone.py): `token_grid`,
+`num_prefix_tokens`, `with_mask_token`, `with_attention`, `adapt_param`,
+`dense_maps`, `layer_id` and `num_layers`.
 
 Attention goes through `jax.nn.dot_product_attention` (fused kernels on
 GPU); when attention weights are asked for, the chosen blocks compute them
@@ -42,6 +54,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from eo_jax.data.bands import Band
 from eo_jax.models.registry import MODELS
@@ -376,9 +389,48 @@ class ViT(nn.Module):
   head_norm: bool = False
   dtype: DType = jnp.float32
 
+  @property
+  def num_prefix_tokens(self) -> int:
+    """Tokens before the patches: the class token and the registers."""
+    return 1 + self.num_registers
+
+  def token_grid(self, height: int, width: int) -> tuple[int, int]:
+    """(gh, gw) patch grid of a height x width image; both must divide."""
+    return _token_grid(self.patch_size, height, width)
+
+  def with_mask_token(self) -> "ViT":
+    """A copy with the learned `mask_token` that `mask=` needs."""
+    return self.clone(use_mask_token=True)
+
+  def with_attention(self, which: bool | str = True) -> "ViT":
+    """A copy whose features hold attention weights (see `return_attention`)."""
+    _check_attention_choice(which)
+    return self.clone(return_attention=which)
+
+  def adapt_param(self, path: str, value: np.ndarray,
+                  shape: tuple[int, ...]) -> np.ndarray:
+    """A checkpoint's `value` for the parameter at `path` made `shape`-d.
+
+    Position-embedding tables ('pos_embedding') of another grid are resized
+    bilinearly (`resize_posemb`): the (1, gh, gw, D) grids of this ViT, or
+    the older (1, N, D) layout of a square grid without class token, into
+    either layout. Any other mismatch is a ValueError naming the parameter.
+    """
+    return adapt_posemb(path, value, shape)
+
+  def dense_maps(self) -> dict[str, int]:
+    """'patch_tokens' and every block's 'grid_<i>', at the patch stride."""
+    maps = {"patch_tokens": self.patch_size}
+    maps.update({f"grid_{i}": self.patch_size for i in range(self.depth)})
+    return maps
+
   def layer_id(self, path: str) -> int:
     """`layer_id(path, self.depth)`: this model's layer-wise decay hook."""
     return layer_id(path, self.depth)
+
+  def num_layers(self) -> int:
+    """depth + 1: the final norm and heads, above the last block."""
+    return self.depth + 1
 
   def _check_input(self, image: Array, mask: Array | None,
                    keep_indices: Array | None) -> tuple[int, int]:
@@ -391,13 +443,7 @@ class ViT(nn.Module):
           f"Image has {c} channels but the model was built for "
           f"{len(self.bands)} bands {[x.name for x in self.bands]}; build it "
           "with the dataset's bands (config.data.bands).")
-    p = self.patch_size
-    if h % p or w % p:
-      raise ValueError(
-          f"Image size {h}x{w} is not a multiple of patch_size {p}; resize or "
-          "crop the input (config.input.image_size) or pick another "
-          "patch size.")
-    grid = (h // p, w // p)
+    grid = _token_grid(self.patch_size, h, w)
     if mask is not None:
       if not self.use_mask_token:
         raise ValueError("`mask` needs a mask token: build the ViT with "
@@ -457,9 +503,7 @@ class ViT(nn.Module):
     grid = self._check_input(image, mask, keep_indices)
     which = self.return_attention if return_attention is None else (
         return_attention)
-    if which not in (False, True, "last", "all"):
-      raise ValueError(f"return_attention must be False, True/'last' or 'all', "
-                       f"got {which!r}.")
+    _check_attention_choice(which)
     b = image.shape[0]
     d = self.width
     features: dict[str, Array] = {}
@@ -491,6 +535,7 @@ class ViT(nn.Module):
     x = jnp.concatenate(prefix + [x], axis=1)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
 
+    n_prefix = self.num_prefix_tokens
     for i in range(self.depth):
       want = which == "all" or (which in (True, "last") and i == self.depth - 1)
       rate = self.drop_path * i / max(self.depth - 1, 1)
@@ -498,15 +543,17 @@ class ViT(nn.Module):
                          rate, self.layerscale_init, self.dtype,
                          name=f"block_{i}")(x, train, want)
       features[f"block_{i}"] = x
+      if keep_indices is None:
+        features[f"grid_{i}"] = x[:, n_prefix:].reshape(b, *grid, d)
       if weights is not None:
         features[f"attention_{i}"] = weights
 
     x = nn.LayerNorm(_LN_EPS, dtype=self.dtype, name="encoder_norm")(x)
-    n_prefix = 1 + self.num_registers
     patches = x[:, n_prefix:]
     features["cls"] = x[:, 0]
     if self.num_registers:
       features["registers"] = x[:, 1:n_prefix]
+    features["prefix_tokens"] = x[:, :n_prefix]
     if keep_indices is None:
       features["patch_tokens"] = patches.reshape(b, *grid, d)
     else:
@@ -536,6 +583,69 @@ class ViT(nn.Module):
     'registers' are as usual.
     """
     return self(image, train, keep_indices=keep_indices)
+
+
+def _token_grid(patch_size: int, height: int, width: int) -> tuple[int, int]:
+  if height % patch_size or width % patch_size:
+    raise ValueError(
+        f"Image size {height}x{width} is not a multiple of patch_size "
+        f"{patch_size}; resize or crop the input (config.input.image_size) or "
+        "pick another patch size.")
+  return height // patch_size, width // patch_size
+
+
+def _check_attention_choice(which: Any) -> None:
+  if which not in (False, True, "last", "all"):
+    raise ValueError(f"return_attention must be False, True/'last' or 'all', "
+                     f"got {which!r}.")
+
+
+def _square_side(n: int) -> int | None:
+  side = int(round(math.sqrt(n)))
+  return side if side * side == n else None
+
+
+def _posemb_grid(shape: Sequence[int]) -> tuple[int, int] | None:
+  """The (gh, gw) grid of a (1, gh, gw, D) or square (1, N, D) table."""
+  if len(shape) == 4:
+    return int(shape[1]), int(shape[2])
+  if len(shape) == 3:
+    side = _square_side(int(shape[1]))
+    return None if side is None else (side, side)
+  return None
+
+
+def adapt_posemb(path: str, value: np.ndarray,
+                 shape: tuple[int, ...]) -> np.ndarray:
+  """`ViT.adapt_param`: resizes a position-embedding table, or raises.
+
+  Args:
+    path: '/'-joined parameter path; its last component must be
+      'pos_embedding' for a resize.
+    value: the checkpoint's array.
+    shape: the shape this model wants: (1, gh, gw, D) or (1, N, D).
+
+  Returns:
+    `value` when it already has `shape`, else the table resized to
+    `shape`'s grid, in `shape`'s layout and `value`'s dtype.
+  """
+  value = np.asarray(value)
+  shape = tuple(int(n) for n in shape)
+  if value.shape == shape:
+    return value
+  old, new = _posemb_grid(value.shape), _posemb_grid(shape)
+  if (path.split("/")[-1] != "pos_embedding" or old is None or new is None
+      or value.shape[0] != 1 or shape[0] != 1
+      or value.shape[-1] != shape[-1]):
+    raise ValueError(
+        f"Parameter {path!r} has shape {value.shape} in the checkpoint but "
+        f"{shape} in this model, and only a position embedding of another "
+        "grid ((1, gh, gw, D), or (1, N, D) for a square grid) can be "
+        "adapted. Match config.model to the source run or leave the "
+        "parameter out (config.init_from.params).")
+  grid = value.reshape(1, *old, value.shape[-1])
+  resized = np.asarray(resize_posemb(jnp.asarray(grid), new))
+  return resized.reshape(shape).astype(value.dtype)
 
 
 @MODELS.register("vit")

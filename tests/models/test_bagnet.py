@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eo_jax import backend
 from eo_jax.data import bands
 from eo_jax.models import bagnet as bagnet_lib
-from eo_jax.models.registry import MODELS
+from eo_jax.models.registry import MODELS, build_model
 
 # Published receptive fields (Brendel & Bethge 2019): q, and every variant's
 # output grid steps 8 pixels (strides 2, 2, 2, 1) starting at pixel 0.
@@ -194,6 +195,73 @@ def test_train_mode_updates_batch_stats(shallow17):
   before = variables["batch_stats"]["stem_bn"]["mean"]
   after = updates["batch_stats"]["stem_bn"]["mean"]
   assert not np.allclose(before, after)
+
+
+def test_batch_norm_momenta_follow_the_reference(shallow17):
+  # The reference's stem BatchNorm has PyTorch momentum 0.001, its others
+  # PyTorch's default 0.1: running means move by that much of the batch's.
+  model, variables, image, _, _ = shallow17
+  (_, _), updates = jax.jit(lambda v, x: model.apply(
+      v, x, train=True, mutable=["batch_stats"],
+      capture_intermediates=lambda m, _: m.name in ("stem_conv2", "conv1")))(
+          variables, image)
+  inputs = updates["intermediates"]
+  for path, inp, rate in (
+      (("stem_bn",), inputs["stem_conv2"], 0.001),
+      (("stage_1_block_0", "bn1"), inputs["stage_1_block_0"]["conv1"], 0.1),
+      (("stage_3_block_0", "bn1"), inputs["stage_3_block_0"]["conv1"], 0.1)):
+    before, after = variables["batch_stats"], updates["batch_stats"]
+    for key in path:
+      before, after = before[key], after[key]
+    batch_mean = np.asarray(inp["__call__"][0]).mean(axis=(0, 1, 2))
+    expected = (1 - rate) * np.asarray(before["mean"]) + rate * batch_mean
+    np.testing.assert_allclose(after["mean"], expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(after["mean"]) - before["mean"]).max() > 1e-4
+
+
+def test_torch_head_init_is_pytorch_linear_and_default_is_unchanged():
+  image = jnp.zeros((1, 16, 16, 3))
+  fan_in = 4 * 8 * 4  # width 4, stage 4 has 8x bottleneck channels, x 4
+  bound = 1 / np.sqrt(fan_in)
+  heads = {}
+  for head_init in ("torch", "default"):
+    model = _shallow((1, 1, 0, 0), num_classes=200, head_init=head_init)
+    with backend.init_rng_context():  # compiles ~10x faster on CPU
+      params = jax.jit(model.init)(jax.random.key(0), image)["params"]
+    heads[head_init] = jax.tree.map(np.asarray, params["head"])
+  kernel, bias = heads["torch"]["kernel"], heads["torch"]["bias"]
+  assert kernel.shape == (fan_in, 200)
+  # U(-b, b): within the bound, reaching it, std b / sqrt(3), mean 0. With
+  # 25,600 kernel draws the std's standard error is ~0.3% (bias: 200
+  # draws, ~3%); the margins are ~10 and ~5 of those.
+  for values, tol in ((kernel, 0.03), (bias, 0.15)):
+    assert np.abs(values).max() <= bound
+    assert np.abs(values).max() > 0.95 * bound
+    assert abs(values.std() / (bound / np.sqrt(3)) - 1) < tol
+    assert abs(values.mean()) < 5 * bound / np.sqrt(3 * values.size)
+  # Flax's Dense default: zero bias, LeCun-normal kernel (std 1/sqrt(fan_in),
+  # truncated at 2 std), so some entries pass the uniform bound.
+  np.testing.assert_array_equal(heads["default"]["bias"], 0.0)
+  assert np.abs(heads["default"]["kernel"]).max() > 1.2 * bound
+
+
+def test_head_init_comes_from_the_config():
+  model = build_model({"name": "bagnet9", "head_init": "torch"},
+                      bands=bands.RGB, num_classes=3)
+  assert model.head_init == "torch"
+  with pytest.raises(ValueError, match="config.model.head_init"):
+    build_model({"name": "bagnet", "head_init": "xavier"}, bands=bands.RGB,
+                num_classes=3)
+
+
+def test_dense_maps_and_layer_ids():
+  model = _build("bagnet17")
+  assert model.dense_maps() == {"stem": 1, "stage_1": 2, "stage_2": 4,
+                                "stage_3": 8, "stage_4": 8}
+  assert model.num_layers() == 5
+  assert [model.layer_id(p) for p in (
+      "stem_conv1/kernel", "stem_bn/scale", "stage_1_block_2/conv2/kernel",
+      "stage_4_block_0/proj_bn/bias", "head/kernel")] == [0, 0, 1, 4, 5]
 
 
 def test_any_band_count():

@@ -22,10 +22,12 @@ def _against_nn_conv(x, im2col_max_size, **conv_kwargs):
 
   `im2col_max_size` picks the layers.Conv path: large (64) forces im2col for
   every shape tested here, 0 forces the XLA conv with the matmul kernel
-  gradient. Returns (variables, [(y, grads) of nn.Conv, of layers.Conv]).
+  gradient (set explicitly, whatever the backend's default). Returns
+  (variables, [(y, grads) of nn.Conv, of layers.Conv]).
   """
   ref = nn.Conv(**conv_kwargs)
-  ours = layers.Conv(**conv_kwargs, im2col_max_size=im2col_max_size)
+  ours = layers.Conv(**conv_kwargs, im2col_max_size=im2col_max_size,
+                     matmul_kernel_grad=True)
   variables = ref.init(jax.random.key(0), x)
   weights = jax.random.normal(jax.random.key(1), (1,))  # for a non-trivial loss
 
@@ -191,6 +193,37 @@ def test_matmul_kernel_grad_unrolled_form_for_multi_process(monkeypatch):
   x = jax.random.normal(jax.random.key(2), (2, 7, 6, 5))
   _, ((y_ref, g_ref), (y, g)) = _with_kernel_grad_path(
       x, features=7, kernel_size=(3, 3), strides=2, padding="SAME")
+  np.testing.assert_allclose(y, y_ref, atol=2e-5, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("path,size,dilation,padding,unrolled", [
+    # im2col (small maps): ResNet-style padding = dilation, where most taps
+    # of a 2x2 or 4x4 map read padding (a dilated ResNet's last stage).
+    ("im2col", 2, 2, 2, False),
+    ("im2col", 4, 4, 4, False),
+    ("im2col", 4, 2, "SAME", False),
+    # XLA's forward, kernel gradient as per-tap matmuls (scan and unrolled).
+    ("matmul", 8, 2, 2, False),
+    ("matmul", 9, 4, 4, False),
+    ("matmul", 8, 2, "SAME", True),
+])
+def test_dilated_conv_matches_nn_conv(monkeypatch, path, size, dilation,
+                                      padding, unrolled):
+  if unrolled:
+    monkeypatch.setattr(layers.jax, "process_count", lambda: 2)
+  calls = []
+  for fn in ("conv_im2col", "conv_matmul_kernel_grad"):
+    monkeypatch.setattr(layers, fn, lambda *a, f=getattr(layers, fn), n=fn,
+                        **k: (calls.append(n), f(*a, **k))[1])
+  x = jax.random.normal(jax.random.key(4), (2, size, size + 1, 5))
+  _, ((y_ref, g_ref), (y, g)) = _against_nn_conv(
+      x, 64 if path == "im2col" else 0, features=6, kernel_size=(3, 3),
+      strides=1, padding=padding, kernel_dilation=dilation)
+  assert set(calls) == {"conv_im2col" if path == "im2col"
+                        else "conv_matmul_kernel_grad"}
+  assert y.shape == y_ref.shape
   np.testing.assert_allclose(y, y_ref, atol=2e-5, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-5)

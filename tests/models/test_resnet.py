@@ -213,22 +213,107 @@ def test_bad_inputs_fail_clearly():
     resnet.resnet18(bands=_bands(3), num_classes=2, stage_sizes=(1, 1))
 
 
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+@pytest.mark.parametrize("output_stride,strides", [
+    (None, (4, 4, 8, 16, 32)), (16, (4, 4, 8, 16, 16)), (8, (4, 4, 8, 8, 8))])
+def test_output_stride_sets_the_dense_map_strides(block, output_stride,
+                                                  strides):
+  model = resnet.resnet(bands=_bands(3), num_classes=0, block=block,
+                        stage_sizes=(1, 2, 1, 2), width=4,
+                        output_stride=output_stride)
+  names = ("stem", "stage_1", "stage_2", "stage_3", "stage_4")
+  assert model.dense_maps() == dict(zip(names, strides))
+  _, (_, feats) = _shapes(model, (2, 64, 96, 3))
+  expansion = 4 if block == "bottleneck" else 1
+  for i, (name, stride) in enumerate(zip(names, strides)):
+    channels = 4 * (2**(i - 1) * expansion if i else 1)
+    assert feats[name].shape == (2, 64 // stride, 96 // stride, channels)
+
+
+def test_output_stride_dilates_like_torchvision():
+  # torchvision's replace_stride_with_dilation: the conv that would have
+  # been strided keeps the dilation before the stage, later ones double it.
+  geometry = resnet.stage_geometry(4, output_stride=8)
+  assert [tuple(g) for g in geometry] == [
+      (1, 1, 1, 4), (2, 1, 1, 8), (1, 1, 2, 8), (1, 2, 4, 8)]
+  geometry = resnet.stage_geometry(4, output_stride=16)
+  assert [g.dilation for g in geometry] == [1, 1, 1, 2]
+  # A low-resolution stem reaches stride 8 at stage 4 only.
+  assert [g.output_stride for g in resnet.stage_geometry(
+      4, low_res_stem=True, output_stride=8)] == [1, 2, 4, 8]
+  for bad in (2, 12):
+    with pytest.raises(ValueError, match="output_stride"):
+      resnet.stage_geometry(4, output_stride=bad)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_output_stride_keeps_every_parameter_shape(name):
+  # Same parameters for every output stride, so pretrained weights load.
+  shapes = []
+  for output_stride in (None, 16, 8):
+    model = MODELS.get(name)(bands=_bands(3), num_classes=10,
+                             output_stride=output_stride)
+    variables, (logits, _) = _shapes(model, (1, 64, 64, 3))
+    assert logits.shape == (1, 10)
+    shapes.append(jax.tree.map(lambda v: v.shape, variables))
+  assert shapes[0] == shapes[1] == shapes[2]
+
+
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_dilation_keeps_every_receptive_field(block):
+  # Each dilated conv samples the input pixels its strided counterpart did:
+  # every layer's receptive field is unchanged, only the jump is capped.
+  from eo_jax import summary  # pylint: disable=g-import-not-at-top
+  rows = {}
+  for output_stride in (None, 8):
+    model = resnet.resnet(bands=_bands(3), num_classes=0, block=block,
+                          stage_sizes=(1, 1, 2, 2), width=4,
+                          output_stride=output_stride)
+    rows[output_stride] = {r.path: r for r in summary.summarize(
+        model, (1, 64, 64, 3)) if r.receptive_field}
+  assert rows[None].keys() == rows[8].keys()
+  for path, row in rows[None].items():
+    dilated = rows[8][path]
+    assert dilated.receptive_field == row.receptive_field, path
+    assert dilated.jump == min(row.jump, 8), path
+
+
+def test_layer_ids_by_stage():
+  model = resnet.resnet18_truncated(bands=_bands(3), num_classes=4)
+  assert model.num_layers() == 3  # stem, two stages, head
+  assert model.layer_id("stem_conv/kernel") == 0
+  assert model.layer_id("stem_bn/scale") == 0
+  assert model.layer_id("stage_1_block_1/conv2/kernel") == 1
+  assert model.layer_id("stage_2_block_0/proj_bn/bias") == 2
+  assert model.layer_id("head/hidden/kernel") == 3
+  assert model.layer_id("encoder/stage_2_block_0/conv1/kernel") == 2
+  assert resnet.resnet50(bands=_bands(3), num_classes=0).num_layers() == 5
+
+
 # --- Parity with a PyTorch network in torchvision's layout -----------------
 
 
-def _torch_resnet(block, stage_sizes, width, in_ch, num_classes):
-  """A hand-written torchvision-style ResNet (NCHW), returned in eval mode."""
+def _torch_resnet(block, stage_sizes, width, in_ch, num_classes,
+                  dilate=()):
+  """A hand-written torchvision-style ResNet (NCHW), returned in eval mode.
+
+  `dilate[i]`: stage i + 1 trades its stride for dilation as torchvision's
+  `replace_stride_with_dilation` does (the basic block, which torchvision
+  leaves undilated, dilates its second conv like the convs after it).
+  """
   torch = pytest.importorskip("torch")
   tnn = torch.nn
 
   class Basic(tnn.Module):
     expansion = 1
 
-    def __init__(self, cin, planes, stride):
+    def __init__(self, cin, planes, stride, first=1, dilation=1):
       super().__init__()
-      self.conv1 = tnn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+      self.conv1 = tnn.Conv2d(cin, planes, 3, stride, first, first,
+                              bias=False)
       self.bn1 = tnn.BatchNorm2d(planes)
-      self.conv2 = tnn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+      self.conv2 = tnn.Conv2d(planes, planes, 3, 1, dilation, dilation,
+                              bias=False)
       self.bn2 = tnn.BatchNorm2d(planes)
       self.proj = None
       if stride != 1 or cin != planes:
@@ -243,11 +328,13 @@ def _torch_resnet(block, stage_sizes, width, in_ch, num_classes):
   class Bottle(tnn.Module):
     expansion = 4
 
-    def __init__(self, cin, planes, stride):
+    def __init__(self, cin, planes, stride, first=1, dilation=1):
       super().__init__()
+      del dilation  # only the strided 3x3 conv, which takes `first`
       self.conv1 = tnn.Conv2d(cin, planes, 1, bias=False)
       self.bn1 = tnn.BatchNorm2d(planes)
-      self.conv2 = tnn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+      self.conv2 = tnn.Conv2d(planes, planes, 3, stride, first, first,
+                              bias=False)
       self.bn2 = tnn.BatchNorm2d(planes)
       self.conv3 = tnn.Conv2d(planes, 4 * planes, 1, bias=False)
       self.bn3 = tnn.BatchNorm2d(4 * planes)
@@ -272,10 +359,14 @@ def _torch_resnet(block, stage_sizes, width, in_ch, num_classes):
       self.conv1 = tnn.Conv2d(in_ch, width, 7, 2, 3, bias=False)
       self.bn1 = tnn.BatchNorm2d(width)
       self.pool = tnn.MaxPool2d(3, 2, 1)
-      blocks, cin = [], width
+      blocks, cin, dilation = [], width, 1
       for i, n in enumerate(stage_sizes):
+        stride, previous = (2 if i > 0 else 1), dilation
+        if i < len(dilate) and dilate[i]:
+          dilation, stride = dilation * stride, 1
         for j in range(n):
-          blocks.append(cls(cin, width * 2**i, 2 if i > 0 and j == 0 else 1))
+          blocks.append(cls(cin, width * 2**i, stride if j == 0 else 1,
+                            previous if j == 0 else dilation, dilation))
           cin = width * 2**i * cls.expansion
       self.blocks = tnn.ModuleList(blocks)
       self.fc = tnn.Linear(cin, num_classes)
@@ -321,12 +412,18 @@ def _load_into_torch(net, params, stats, stage_sizes):
   net.fc.bias.data = torch.from_numpy(np.array(params["head"]["fc"]["bias"]))
 
 
-@pytest.mark.parametrize("block", ["basic", "bottleneck"])
-def test_matches_torchvision_layout(block):
+@pytest.mark.parametrize("block,output_stride,stage_sizes,dilate", [
+    ("basic", None, (1, 2), ()),
+    ("bottleneck", None, (1, 2), ()),
+    # Dilated stages with two blocks, so both dilations of a stage count.
+    ("bottleneck", 8, (1, 1, 2, 2), (False, False, True, True)),
+    ("basic", 16, (1, 1, 1, 2), (False, False, False, True)),
+])
+def test_matches_torchvision_layout(block, output_stride, stage_sizes, dilate):
   torch = pytest.importorskip("torch")
-  stage_sizes = (1, 2)
   model = resnet.resnet(bands=_bands(13), num_classes=5,
-                        stage_sizes=stage_sizes, block=block, width=4)
+                        stage_sizes=stage_sizes, block=block, width=4,
+                        output_stride=output_stride)
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 13))
   variables = jax.jit(model.init)(jax.random.key(0), x)
   # Non-trivial running statistics, so eval-mode BatchNorm is exercised.
@@ -341,7 +438,7 @@ def test_matches_torchvision_layout(block):
   variables = {"params": variables["params"], "batch_stats": stats}
   logits, _ = jax.jit(model.apply)(variables, x)
 
-  net = _torch_resnet(block, stage_sizes, 4, 13, 5)
+  net = _torch_resnet(block, stage_sizes, 4, 13, 5, dilate)
   _load_into_torch(net, variables["params"], stats, stage_sizes)
   with torch.no_grad():
     expected = net(torch.from_numpy(np.array(x).transpose(0, 3, 1, 2)))

@@ -579,3 +579,76 @@ def test_gelu_is_the_exact_gelu():
                              atol=2e-6, rtol=1e-6)
   np.testing.assert_allclose(got, np.asarray(nn.gelu(x, approximate=False)),
                              atol=2e-6, rtol=1e-6)
+
+
+# ------------------------------------------------------ backbone contract
+
+
+def test_token_backbone_attributes():
+  model = _tiny(num_registers=2)
+  assert model.num_prefix_tokens == 3
+  assert model.token_grid(32, 48) == (4, 6)
+  with pytest.raises(ValueError, match="not a multiple of patch_size 8"):
+    model.token_grid(30, 32)
+  masked = model.with_mask_token()
+  assert masked.use_mask_token and not model.use_mask_token
+  assert masked.depth == model.depth and masked.parent is None
+  assert model.with_attention().return_attention is True
+  assert model.with_attention("all").return_attention == "all"
+  with pytest.raises(ValueError, match="return_attention"):
+    model.with_attention("first")
+  assert model.num_layers() == 3
+  assert model.dense_maps() == {"patch_tokens": 8, "grid_0": 8, "grid_1": 8}
+
+
+def test_block_grids_and_prefix_tokens():
+  model = _base()
+  variables = _base_vars()
+  _, f = model.apply(variables, _images())
+  for i in range(2):
+    # Block i's patch tokens, row-major on the 4x4 grid, prefix dropped.
+    np.testing.assert_array_equal(
+        f[f"grid_{i}"], f[f"block_{i}"][:, 3:].reshape(2, 4, 4, 32))
+  np.testing.assert_array_equal(f["prefix_tokens"][:, 0], f["cls"])
+  np.testing.assert_array_equal(f["prefix_tokens"][:, 1:], f["registers"])
+  # MAE's path has no full grid; the prefix tokens are still there.
+  keep = jnp.array([[0, 5, 7], [1, 2, 15]])
+  _, f = model.apply(variables, _images(), keep_indices=keep)
+  assert not [k for k in f if k.startswith("grid_")]
+  assert f["prefix_tokens"].shape == (2, 3, 32)
+  assert f["visible_tokens"].shape == (2, 3, 32)
+
+
+def test_adapt_param_resizes_position_embeddings_in_either_layout():
+  model = _tiny()
+  rng = np.random.default_rng(0)
+  table = rng.normal(size=(1, 2, 3, 8)).astype(np.float32)
+  out = model.adapt_param("pos_embedding", table, (1, 4, 6, 8))
+  assert isinstance(out, np.ndarray) and out.dtype == np.float32
+  np.testing.assert_allclose(
+      out, vit_lib.resize_posemb(jnp.asarray(table), (4, 6)), rtol=1e-6)
+  np.testing.assert_array_equal(
+      model.adapt_param("pos_embedding", table, table.shape), table)
+  # The older (1, N, D) layout of a square grid, into either layout.
+  flat = rng.normal(size=(1, 4, 8)).astype(np.float32)
+  expected = np.asarray(vit_lib.resize_posemb(
+      jnp.asarray(flat.reshape(1, 2, 2, 8)), (3, 3)))
+  np.testing.assert_allclose(
+      model.adapt_param("encoder/pos_embedding", flat, (1, 3, 3, 8)),
+      expected, rtol=1e-6)
+  np.testing.assert_allclose(
+      model.adapt_param("pos_embedding", flat, (1, 9, 8)),
+      expected.reshape(1, 9, 8), rtol=1e-6)
+
+
+@pytest.mark.parametrize("path,old,new", [
+    ("block_0/mlp/fc1/kernel", (4, 8), (4, 16)),     # not a position table
+    ("pos_embedding", (1, 5, 8), (1, 9, 8)),          # not a square grid
+    ("pos_embedding", (1, 2, 2, 8), (1, 2, 2, 16)),   # another width
+    ("cls_pos_embedding", (1, 1, 8), (1, 1, 16)),
+])
+def test_adapt_param_names_what_cannot_be_adapted(path, old, new):
+  with pytest.raises(ValueError) as e:
+    _tiny().adapt_param(path, np.zeros(old, np.float32), new)
+  for text in (repr(path), str(old), str(new)):
+    assert text in str(e.value)
