@@ -9,6 +9,12 @@ Geometry is applied identically to an optional mask: bilinear interpolation
 for the image, nearest neighbour for the mask (labels must never be blended).
 Resizing uses half-pixel centres (the convention of PyTorch's
 `align_corners=False` and TF2's `tf.image.resize`), without antialiasing.
+
+Each random transform is split into a draw (`sample_crop_box`,
+`sample_flips`, `sample_rot90`) and its deterministic application
+(`crop_and_resize`, `flip`, `rot90`), so a caller can move any number of
+aligned arrays (the pipeline's spatial keys) with one draw;
+`resize_method` picks the resampling that keeps an array's meaning.
 """
 from __future__ import annotations
 
@@ -87,6 +93,22 @@ def resize(image: np.ndarray, size: Size, method: str = "bilinear"
   return rows[:, c0] * (1.0 - wc) + rows[:, c1] * wc
 
 
+def resize_method(dtype: np.dtype | type) -> str:
+  """The `resize` method that keeps the meaning of an array of `dtype`.
+
+  Integer and boolean arrays are labels, ids or flags: blending two of them
+  invents a value that was never there, so they take 'nearest'. Floating
+  arrays are measurements and take 'bilinear' (and become float32).
+  """
+  dtype = np.dtype(dtype)
+  if dtype == np.bool_ or np.issubdtype(dtype, np.integer):
+    return "nearest"
+  if np.issubdtype(dtype, np.floating):
+    return "bilinear"
+  raise TypeError(f"Cannot resample an array of dtype {dtype}; spatial arrays "
+                  "must be integer, boolean or floating.")
+
+
 def sample_crop_box(rng: np.random.Generator, height: int, width: int,
                     scale: Sequence[float] = (0.08, 1.0),
                     ratio: Sequence[float] = (3 / 4, 4 / 3)
@@ -141,11 +163,19 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator,
     was given).
   """
   height, width = image.shape[:2]
-  top, left, h, w = sample_crop_box(rng, height, width, scale, ratio)
-  image = resize(image[top:top + h, left:left + w], out_size, "bilinear")
+  box = sample_crop_box(rng, height, width, scale, ratio)
+  image = crop_and_resize(image, box, out_size, "bilinear")
   if mask is not None:
-    mask = resize(mask[top:top + h, left:left + w], out_size, "nearest")
+    mask = crop_and_resize(mask, box, out_size, "nearest")
   return image, mask
+
+
+def crop_and_resize(x: np.ndarray, box: tuple[int, int, int, int],
+                    out_size: Size, method: str = "bilinear") -> np.ndarray:
+  """Crops the (top, left, h, w) `box` of an (H, W, ...) array and resizes
+  it to `out_size` with `method` (see `resize`)."""
+  top, left, h, w = box
+  return resize(x[top:top + h, left:left + w], out_size, method)
 
 
 def flip(x: np.ndarray, left_right: bool, up_down: bool) -> np.ndarray:
@@ -166,11 +196,26 @@ def rot90(x: np.ndarray, k: int) -> np.ndarray:
   return swapped[::-1] if k == 1 else swapped[:, ::-1]
 
 
+def sample_flips(rng: np.random.Generator) -> tuple[bool, bool]:
+  """(left_right, up_down) for `flip`, each True with probability 1/2."""
+  left_right, up_down = (bool(f) for f in rng.random(2) < 0.5)
+  return left_right, up_down
+
+
+def sample_rot90(rng: np.random.Generator, height: int, width: int) -> int:
+  """Quarter turns for `rot90` of an (height, width) array: any of 0-3 when
+  square, else 0 or 2, so the shape (and hence the batch shape) never
+  changes."""
+  if height == width:
+    return int(rng.integers(0, 4))
+  return 2 * int(rng.integers(0, 2))
+
+
 def random_flips(image: np.ndarray, rng: np.random.Generator,
                  mask: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None]:
   """Flips left-right and up-down, each with probability 1/2."""
-  left_right, up_down = (bool(f) for f in rng.random(2) < 0.5)
+  left_right, up_down = sample_flips(rng)
   image = flip(image, left_right, up_down)
   if mask is not None:
     mask = flip(mask, left_right, up_down)
@@ -185,8 +230,7 @@ def random_rot90(image: np.ndarray, rng: np.random.Generator,
   Non-square images only get 0 or 180 degrees, so the shape (and hence the
   batch shape) never changes.
   """
-  square = image.shape[0] == image.shape[1]
-  k = int(rng.integers(0, 4)) if square else 2 * int(rng.integers(0, 2))
+  k = sample_rot90(rng, image.shape[0], image.shape[1])
   image = rot90(image, k)
   if mask is not None:
     mask = rot90(mask, k)

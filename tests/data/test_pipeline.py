@@ -246,3 +246,254 @@ def test_worker_processes_give_the_same_batches():
                                   process_count=1))
   for a, b in zip(ref, take(it, 4)):
     np.testing.assert_array_equal(a["image"], b["image"])
+
+
+# ------------------------------------------- extra keys of the examples
+
+
+class ListSource:
+  """A source over a list of example dicts (shapes may differ per example)."""
+
+  def __init__(self, examples):
+    self._examples = examples
+
+  def __len__(self):
+    return len(self._examples)
+
+  def __getitem__(self, index):
+    return self._examples[index]
+
+
+def extras_dataset(n_train=24, n_val=10, size=8, spatial=True):
+  """Examples with extra keys whose values are known functions of the image.
+
+  Band 0 is 10 * id + u, u in [0.2, 0.8] per pixel (bilinear resampling keeps
+  it inside that range, so floor(band 0 / 10) is the id); bands 1 and 2 are
+  the pixel's row and column. 'weight' is band 0 itself (float64, to be made
+  float32), 'pixel_id' row * size + column (int16, (H, W, 1)), 'valid' a
+  boolean pattern of it and 'mask' a class id derived from it (int64, to be
+  made int32); 'date' (float32 scalar) and 'meta' (int64 vector) depend on
+  the id only.
+  """
+  rows, cols = np.mgrid[:size, :size]
+  pixel_id = rows * size + cols
+
+  def make(n, base, seed):
+    ids = base + np.arange(n)
+    u = np.random.default_rng(seed).uniform(0.2, 0.8, (n, size, size))
+    image = np.empty((n, size, size, 3), np.float32)
+    image[..., 0] = 10 * ids[:, None, None] + u
+    image[..., 1], image[..., 2] = rows, cols
+    arrays = dict(image=image, label=(ids % 7).astype(np.int32),
+                  date=(0.5 * ids + 0.25).astype(np.float32),
+                  meta=np.stack([ids, -ids, 2 * ids], 1).astype(np.int64))
+    if spatial:
+      arrays.update(
+          weight=image[..., 0].astype(np.float64),
+          pixel_id=np.broadcast_to(pixel_id[..., None],
+                                   (n, size, size, 1)).astype(np.int16),
+          valid=np.broadcast_to((rows + cols) % 3 == 0, (n, size, size)),
+          mask=np.broadcast_to(pixel_id % 5, (n, size, size)).astype(np.int64))
+    return ArraySource(**arrays)
+
+  splits = {"train": make(n_train, 0, 1), "val": make(n_val, 100, 2)}
+  return Dataset(DatasetInfo("extras", BANDS, tuple("abcdefg"),
+                             image_size=(size, size)), splits)
+
+
+def denormalised(batch, band):
+  return batch["image"][..., band] * STDS[band] + MEANS[band]
+
+
+def check_carried(batch):
+  """'date', 'meta' and 'label' belong to the example of the image beside
+  them (its id read from band 0), in the batch's order."""
+  ids = np.floor(denormalised(batch, 0)[:, 0, 0] / 10).astype(int)
+  assert batch["date"].dtype == np.float32 and batch["date"].shape == ids.shape
+  np.testing.assert_array_equal(batch["date"], 0.5 * ids + 0.25)
+  assert batch["meta"].dtype == np.int64
+  np.testing.assert_array_equal(batch["meta"],
+                                np.stack([ids, -ids, 2 * ids], 1))
+  np.testing.assert_array_equal(batch["label"], ids % 7)
+  return ids
+
+
+def check_spatial(batch, size):
+  """Dtypes, shapes, and every spatial key aligned with the image."""
+  n = len(batch["image"])
+  assert batch["weight"].dtype == np.float32
+  assert batch["weight"].shape == (n, size, size)
+  assert batch["pixel_id"].dtype == np.int16
+  assert batch["pixel_id"].shape == (n, size, size, 1)
+  assert batch["valid"].dtype == bool and batch["mask"].dtype == np.int32
+  # Same bilinear arithmetic on the same float32 values: band 0 of the image
+  # is the weight map bit for bit, and so is its normalisation.
+  np.testing.assert_array_equal((batch["weight"] - MEANS[0]) / STDS[0],
+                                batch["image"][..., 0])
+  # Nearest resampling keeps integer values from the original set, and
+  # picks the source pixel nearest to where the image's bilinear sample
+  # (the row and column bands) was taken: less than a pixel away.
+  pid = batch["pixel_id"][..., 0].astype(int)
+  assert pid.min() >= 0 and pid.max() < 64
+  assert np.abs(denormalised(batch, 1) - pid // 8).max() < 1.0
+  assert np.abs(denormalised(batch, 2) - pid % 8).max() < 1.0
+  # Every nearest-resampled key took the same source pixel.
+  np.testing.assert_array_equal(batch["valid"], (pid // 8 + pid % 8) % 3 == 0)
+  np.testing.assert_array_equal(batch["mask"], pid % 5)
+
+
+def test_extra_keys_follow_the_augmentation_and_stay_aligned():
+  ds = extras_dataset()
+  config = input_config(batch_size=6, flips=True, rot90=True,
+                        random_resized_crop=True)
+  config.augment.crop_scale = (0.2, 1.0)
+  it = iter(pipeline.train_loader(ds, config, seed=7, process_index=0,
+                                  process_count=1, image_size=6))
+  orientations, seen = set(), []
+  for batch in take(it, 8):
+    assert set(batch) == {"image", "label", "weight", "pixel_id", "valid",
+                          "mask", "date", "meta"}
+    check_spatial(batch, 6)
+    seen.append(check_carried(batch))
+    # Which way the row and column bands grow (rounded: de-normalising
+    # leaves float noise): all 8 orientations occur.
+    for r, c in zip(np.round(denormalised(batch, 1), 3),
+                    np.round(denormalised(batch, 2), 3)):
+      orientations.add(tuple(np.sign([r[-1, 0] - r[0, 0], r[0, -1] - r[0, 0],
+                                      c[-1, 0] - c[0, 0], c[0, -1] - c[0, 0]])))
+  assert len(orientations) == 8
+  # Each epoch (4 steps of 6) is a permutation of the 24 examples.
+  np.testing.assert_array_equal(np.sort(np.concatenate(seen[:4])),
+                                np.arange(24))
+  # The extra keys change nothing of the image: the draws depend on it alone.
+  plain = extras_dataset(spatial=False)
+  it = iter(pipeline.train_loader(plain, config, seed=7, process_index=0,
+                                  process_count=1, image_size=6))
+  again = iter(pipeline.train_loader(ds, config, seed=7, process_index=0,
+                                     process_count=1, image_size=6))
+  for a, b in zip(take(it, 3), take(again, 3)):
+    np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_pure_geometry_moves_integer_keys_with_the_image_exactly():
+  ds = extras_dataset()
+  config = input_config(batch_size=6, flips=True, rot90=True,
+                        random_resized_crop=True)
+  config.augment.crop_scale = (1.0, 1.0)
+  config.augment.crop_ratio = (1.0, 1.0)
+  it = iter(pipeline.train_loader(ds, config, seed=1, process_index=0,
+                                  process_count=1))
+  for batch in take(it, 4):
+    check_spatial(batch, 8)
+    rows = np.round(denormalised(batch, 1)).astype(int)
+    cols = np.round(denormalised(batch, 2)).astype(int)
+    np.testing.assert_array_equal(batch["pixel_id"][..., 0], rows * 8 + cols)
+
+
+@pytest.mark.parametrize("image_size", [None, 4])
+def test_eval_carries_the_extra_keys_unaugmented_in_order(image_size):
+  ds = extras_dataset(n_val=10)
+  config = input_config(batch_size=4, flips=True, rot90=True,
+                        random_resized_crop=True)
+  batches = list(pipeline.eval_loader(ds, "val", config, process_index=0,
+                                      process_count=1, image_size=image_size))
+  assert [len(b["date"]) for b in batches] == [4, 4, 2]
+  ids = np.concatenate([check_carried(b) for b in batches])
+  np.testing.assert_array_equal(ids, 100 + np.arange(10))
+  for b in batches:
+    check_spatial(b, image_size or 8)
+  if image_size is None:  # no geometry at all: the source's arrays
+    source = ds.split("val")
+    for k in range(10):
+      b, i = batches[k // 4], k % 4
+      np.testing.assert_array_equal(b["weight"][i],
+                                    source[k]["weight"].astype(np.float32))
+      np.testing.assert_array_equal(b["pixel_id"][i], source[k]["pixel_id"])
+      np.testing.assert_array_equal(b["valid"][i], source[k]["valid"])
+
+
+def test_views_drop_spatial_extras_with_one_warning(caplog):
+  ds = extras_dataset()
+  config = input_config(batch_size=6, flips=True, random_resized_crop=True)
+  with caplog.at_level("WARNING"):
+    loader = pipeline.train_loader(
+        ds, config, seed=3, process_index=0, process_count=1,
+        views_fn=lambda image, rng: {"seen": image[::2, ::2]})
+    batches = take(iter(loader), 5)
+  warnings = [r.getMessage() for r in caplog.records
+              if "drop the spatial keys" in r.getMessage()]
+  assert len(warnings) == 1
+  assert "['pixel_id', 'valid', 'weight']" in warnings[0]
+  for batch in batches:
+    # The views replace the image; non-spatial keys and the (resized, not
+    # augmented) mask are carried as without views.
+    assert set(batch) == {"seen", "label", "mask", "date", "meta"}
+    ids = np.floor((batch["seen"][:, 0, 0, 0] * STDS[0] + MEANS[0]) / 10)
+    np.testing.assert_array_equal(batch["date"], 0.5 * ids + 0.25)
+    np.testing.assert_array_equal(batch["meta"][:, 0], ids)
+    np.testing.assert_array_equal(batch["label"], ids % 7)
+    np.testing.assert_array_equal(
+        batch["mask"], np.broadcast_to(np.arange(64).reshape(8, 8) % 5,
+                                       (6, 8, 8)))
+  with pytest.raises(ValueError, match=r"views_fn returned \['date'\]"):
+    next(iter(pipeline.train_loader(
+        ds, config, seed=3, process_index=0, process_count=1,
+        views_fn=lambda image, rng: {"date": image})))
+
+
+def test_extra_key_errors_name_the_key_and_the_example():
+  size = 4
+  image = np.zeros((size, size, 3), np.float32)
+
+  def loader(examples, split="val"):
+    ds = Dataset(DatasetInfo("bad", BANDS, image_size=(size, size)),
+                 {split: ListSource(examples)})
+    return pipeline.eval_loader(ds, split, input_config(batch_size=4),
+                                process_index=0, process_count=1)
+
+  good = {"image": image, "vector": np.zeros(3)}
+  with pytest.raises(ValueError, match=r"'vector'.*\(3,\) in example 0, "
+                     r"\(2,\) in example 2"):
+    list(loader([good, good, {"image": image, "vector": np.zeros(2)}]))
+  with pytest.raises(ValueError, match="example 1 has keys"):
+    list(loader([good, {"image": image}]))
+  with pytest.raises(ValueError,
+                     match=r"example 0 has 'mask' of shape \(4, 5\)"):
+    loader([{"image": image, "mask": np.zeros((4, 5), np.int32)}])
+  with pytest.raises(ValueError, match=r"example 0 has 'stack' of shape"):
+    loader([{"image": image, "stack": np.zeros((4, 4, 2, 2))}])
+  with pytest.raises(TypeError, match=r"example 0, key 'phase'.*complex"):
+    loader([{"image": image, "phase": np.zeros((4, 4), np.complex64)}])
+  # Leading dimensions other than the image's: not spatial, carried as is.
+  batch = next(iter(loader([{"image": image, "rows": np.ones((4, 3))}] * 2)))
+  assert batch["rows"].shape == (2, 4, 3) and batch["rows"].dtype == np.float64
+
+
+# ----------------------------------------- augmentation options: one source
+
+
+def test_augment_options_come_from_the_config_schema_only():
+  schema = base_config().input.augment.to_dict()
+  options = pipeline._augment_options(base_config().input)  # pylint: disable=protected-access
+  assert options == schema
+  ds = id_dataset(constant=False)
+  config = input_config(flips=True, rot90=True, random_resized_crop=True)
+  plain = {"batch_size": 8, "augment": config.augment.to_dict()}
+  for a, b in zip(take(iter(pipeline.train_loader(
+      ds, config, seed=0, process_index=0, process_count=1)), 3),
+                  take(iter(pipeline.train_loader(
+      ds, plain, seed=0, process_index=0, process_count=1)), 3)):
+    np.testing.assert_array_equal(a["image"], b["image"])
+  partial = dict(plain, augment={k: v for k, v in schema.items()
+                                 if k != "rot90"})
+  with pytest.raises(KeyError, match="lacks keys.*'rot90'"):
+    pipeline.train_loader(ds, partial, seed=0, process_index=0,
+                          process_count=1)
+  with pytest.raises(KeyError, match="no 'augment'"):
+    pipeline.train_loader(ds, {"batch_size": 8}, seed=0, process_index=0,
+                          process_count=1)
+  # Evaluation never augments, so it takes a config without 'augment'.
+  batch = next(iter(pipeline.eval_loader(ds, "val", {"prefetch": 2},
+                                         process_index=0, process_count=1,
+                                         batch_size=4)))
+  assert batch["image"].shape == (4, 6, 6, 3)

@@ -131,3 +131,40 @@ def test_normalize_errors_are_explicit():
     T.normalize(np.zeros((2, 2, 1)), (Band("a", 500),))
   with pytest.raises(ValueError, match="3 channels but 1 bands"):
     T.normalize(np.zeros((2, 2, 3)), (Band("a", 500, mean=0, std=1),))
+
+
+def test_resize_method_keeps_the_meaning_of_each_dtype():
+  for dtype in (np.int8, np.uint16, np.int32, np.int64, bool):
+    assert T.resize_method(dtype) == "nearest"
+  for dtype in (np.float16, np.float32, np.float64):
+    assert T.resize_method(np.dtype(dtype)) == "bilinear"
+  with pytest.raises(TypeError, match="complex"):
+    T.resize_method(np.complex64)
+  flags = np.array([[True, False], [False, True]])
+  out = T.resize(flags, (4, 4), T.resize_method(flags.dtype))
+  assert out.dtype == bool and set(out.ravel().tolist()) == {True, False}
+
+
+def test_split_draws_reproduce_the_random_transforms():
+  """sample_* + the plain transforms make the same draws and results as the
+  random_* transforms, so any number of arrays can share one draw."""
+  x = np.random.default_rng(0).normal(size=(10, 10, 2)).astype(np.float32)
+  mask = np.arange(100).reshape(10, 10)
+  for seed in range(12):
+    a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+    ref, ref_mask = T.random_resized_crop(x, a, 6, (0.2, 1.0), (0.5, 2.0),
+                                          mask=mask)
+    ref, ref_mask = T.random_flips(ref, a, ref_mask)
+    ref, ref_mask = T.random_rot90(ref, a, ref_mask)
+    box = T.sample_crop_box(b, 10, 10, (0.2, 1.0), (0.5, 2.0))
+    flips = T.sample_flips(b)
+    k = T.sample_rot90(b, 6, 6)
+    for array, method, expected in ((x, "bilinear", ref),
+                                    (mask, "nearest", ref_mask)):
+      out = T.rot90(T.flip(T.crop_and_resize(array, box, 6, method), *flips), k)
+      np.testing.assert_array_equal(out, expected)
+    assert a.random() == b.random()  # both generators in the same state
+  # Non-square arrays: half turns only, so the shape never changes.
+  rng = np.random.default_rng(1)
+  assert {T.sample_rot90(rng, 4, 7) for _ in range(40)} == {0, 2}
+  assert {T.sample_rot90(rng, 5, 5) for _ in range(80)} == {0, 1, 2, 3}

@@ -9,6 +9,15 @@ dict of numpy arrays in the dataset's raw units:
   segmentation:   {'image': (H, W, C) float32, 'mask': (H, W) int32}
   unlabelled:     {'image': (H, W, C) float32}
 
+Any other key is allowed and reaches the batch under the same name. An array
+of rank 2 or 3 whose first two dimensions are the image's (H, W) is spatial:
+it is resized, cropped, flipped and rotated with the image (nearest for
+integer / bool arrays, which keep their dtype; bilinear for floating ones,
+which become float32). Anything else is stacked unchanged. 'mask' must be
+spatial and 'label' never is; both are batched as int32. Only 'image' is
+normalised. Every example carries the same keys with the same shapes.
+Multi-view training (DINO's crops) drops spatial keys other than 'mask'.
+
 Normalisation with the training split's per-band statistics, augmentation and
 batching happen later, in `data/pipeline.py`.
 """
