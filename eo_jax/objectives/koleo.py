@@ -22,11 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-def l2_normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
-  """x / max(||x||, eps) over the last axis (torch F.normalize)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, eps)
+from eo_jax.models.common import l2_normalize
 
 
 def nearest_neighbours(x: jax.Array) -> jax.Array:
@@ -47,7 +43,7 @@ def koleo_loss(features: jax.Array, eps: float = 1e-8) -> jax.Array:
   if features.shape[0] < 2:
     raise ValueError("KoLeo needs at least 2 features per crop to find a "
                      f"nearest neighbour, got shape {features.shape}.")
-  x = l2_normalize(features.astype(jnp.float32), eps)
+  x = l2_normalize(features.astype(jnp.float32), eps=eps)
   nn_index = jax.lax.stop_gradient(nearest_neighbours(x))
   diff = x - x[nn_index]
   distance = jnp.sqrt(jnp.sum(jnp.square(diff), axis=-1) + eps * eps)

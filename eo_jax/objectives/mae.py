@@ -16,14 +16,16 @@ Settings live in `config.mae` (see `DEFAULTS`; `default_config()` returns
 them as a ConfigDict for experiment files). Evaluation hides patches with a
 FIXED key (derived from `config.seed`), so the validation loss of two
 checkpoints compares the same masks; each example's mask then depends on its
-position in the eval batch. `visualize` writes `reconstruction.png` to the
-workdir (`reconstruction_<split>.png` for splits other than 'val'); `embed` gives the encoder's pooled features of unmasked images to
-the trainer's frozen-feature probes (`config.probe`).
+position in the eval batch; the 'mean' evaluator averages the per-example
+losses. `visualize` draws `reconstruction.png` (`reconstruction_<split>.png`
+for splits other than 'val'); `embed` gives the encoder's pooled features of
+unmasked images to frozen-feature probes (`config.evals`, types 'knn' and
+'linear_probe'); `predict` gives reconstructions. The encoder may be any
+token backbone (eo_jax/models/backbone.py).
 """
 from __future__ import annotations
 
-import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -31,12 +33,11 @@ import ml_collections
 import numpy as np
 
 from eo_jax.data.datasets.base import DatasetInfo
-from eo_jax.models import vit as vit_lib
 from eo_jax.models.mae_decoder import MAEDecoder, patchify, unpatchify
 from eo_jax.objectives import masking
 from eo_jax.objectives.base import (OBJECTIVES, Objective, StepOutput,
                                     TrainState, Variables, display_bands,
-                                    objective_settings, png_name, vit_backbone)
+                                    objective_settings, png_name, token_backbone)
 from eo_jax.visualize import reconstruction
 
 #: `config.mae` keys and their defaults (MAE's ViT recipe).
@@ -114,31 +115,6 @@ def denormalize_prediction(pred: jax.Array, image: jax.Array, patch_size: int,
 # ---------------------------------------------------------------------------
 
 
-class MeanEvaluator:
-  """Exact means of per-example values over a whole split."""
-
-  def __init__(self, keys: Sequence[str]):
-    self.keys = tuple(keys)
-    self._sums = {k: 0.0 for k in self.keys}
-    self._count = 0
-
-  def update(self, outputs: Mapping[str, Any]) -> None:
-    n = None
-    for k in self.keys:
-      values = np.asarray(outputs[k], np.float64).reshape(-1)
-      if n is not None and len(values) != n:
-        raise ValueError(f"Outputs of different lengths: {k} has {len(values)}, "
-                         f"expected {n}.")
-      n = len(values)
-      self._sums[k] += float(values.sum())
-    self._count += n or 0
-
-  def result(self) -> dict[str, float]:
-    if not self._count:
-      raise ValueError("MeanEvaluator got no examples; is the split empty?")
-    return {k: self._sums[k] / self._count for k in self.keys}
-
-
 @OBJECTIVES.register("mae")
 class MAE(Objective):
   """Masked autoencoder; see the module docstring."""
@@ -149,8 +125,8 @@ class MAE(Objective):
                run_length: tuple[int, int] | None = None):
     super().__init__(config, info, run_length)
     self.settings = _settings(config)
-    self.encoder = vit_backbone(config, info, "mae",
-                                "encodes only the visible patches")
+    self.encoder = token_backbone(config, info, "mae",
+                                  "encodes only the visible patches")
     self.patch_size = int(self.encoder.patch_size)
     s = self.settings
     if not 0.0 < float(s["mask_ratio"]) < 1.0:
@@ -162,7 +138,7 @@ class MAE(Objective):
         num_heads=int(s["decoder_heads"]),
         mlp_dim=int(s["decoder_mlp_dim"]) or None,
         dtype=self.encoder.dtype)
-    self._num_prefix = 1 + int(getattr(self.encoder, "num_registers", 0))
+    self._num_prefix = int(self.encoder.num_prefix_tokens)
     self._reconstruct_fn = None
 
   # -------------------------------------------------------------- forward
@@ -174,7 +150,7 @@ class MAE(Objective):
                        f"patch_size {p}; set config.input.image_size.")
     return h // p, w // p
 
-  def predict(self, params, image: jax.Array, mask_rng: jax.Array, *,
+  def masked_forward(self, params, image: jax.Array, mask_rng: jax.Array, *,
               train: bool = False, dropout_rng: jax.Array | None = None
               ) -> tuple[jax.Array, masking.RandomMask]:
     """Masks `image` with `mask_rng`, encodes the visible patches, decodes.
@@ -195,11 +171,10 @@ class MAE(Objective):
     return pred, m
 
   def _decoder_tokens(self, features: Mapping[str, jax.Array]) -> jax.Array:
-    parts = [features["cls"][:, None]]
-    if "registers" in features:
-      parts.append(features["registers"])
-    parts.append(features["visible_tokens"])
-    return jnp.concatenate(parts, axis=1)
+    # The encoder's prefix tokens (class token, registers), then the visible
+    # patch tokens in shuffle order.
+    return jnp.concatenate([features["prefix_tokens"],
+                            features["visible_tokens"]], axis=1)
 
   # ------------------------------------------------------------ interface
   def init(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> Variables:
@@ -226,8 +201,8 @@ class MAE(Objective):
            rng: jax.Array) -> tuple[jax.Array, StepOutput]:
     mask_rng, dropout_rng = jax.random.split(rng)
     image = batch["image"]
-    pred, m = self.predict(params, image, mask_rng, train=True,
-                           dropout_rng=dropout_rng)
+    pred, m = self.masked_forward(params, image, mask_rng, train=True,
+                                  dropout_rng=dropout_rng)
     s = self.settings
     target = patch_targets(image, self.patch_size, s["norm_pix_loss"],
                            s["norm_pix_eps"])
@@ -241,7 +216,7 @@ class MAE(Objective):
 
   def eval_step(self, state: TrainState, batch) -> dict[str, jax.Array]:
     image = batch["image"]
-    pred, m = self.predict(state.params, image, self._eval_mask_rng())
+    pred, m = self.masked_forward(state.params, image, self._eval_mask_rng())
     s = self.settings
     target = patch_targets(image, self.patch_size, s["norm_pix_loss"],
                            s["norm_pix_eps"])
@@ -252,10 +227,6 @@ class MAE(Objective):
             "pixel_mse": masked_mse(pixels, patchify(image, self.patch_size),
                                     m.mask)}
 
-  def evaluator(self, split: str) -> MeanEvaluator:
-    del split
-    return MeanEvaluator(("loss", "pixel_mse"))
-
   def embed(self, state: TrainState, image: jax.Array) -> jax.Array:
     """(B, D) features of whole, unmasked images: the encoder's pooled output
     (`config.model.pool`: the cls token or the mean patch token)."""
@@ -263,13 +234,14 @@ class MAE(Objective):
                                    False)
     return pooled.astype(jnp.float32)
 
-  def layer_id(self, path: str) -> int:
-    """Encoder parameters by ViT depth; decoder parameters at the top."""
-    depth = int(self.encoder.depth)
-    head, _, rest = path.partition("/")
-    if head == "encoder":
-      return vit_lib.layer_id(rest, depth)
-    return depth + 1
+  def predict(self, state: TrainState, image: jax.Array) -> jax.Array:
+    """(B, H, W, C) reconstructions: the visible patches as given, the masked
+    ones predicted (evaluation masks), in the input's units."""
+    return self.reconstruct(state.params, image)[0]
+
+  def backbones(self) -> dict[str, Any]:
+    # The decoder sits above the encoder for layer-wise decay.
+    return {"encoder": self.encoder}
 
   # ----------------------------------------------------------- visualise
   def reconstruct(self, params, image: jax.Array
@@ -280,7 +252,7 @@ class MAE(Objective):
     visible patches the input itself; the masks are the evaluation masks.
     """
     grid = self._grid(image)
-    pred, m = self.predict(params, image, self._eval_mask_rng())
+    pred, m = self.masked_forward(params, image, self._eval_mask_rng())
     s = self.settings
     pixels = denormalize_prediction(pred, image, self.patch_size,
                                     s["norm_pix_loss"], s["norm_pix_eps"])
@@ -291,11 +263,11 @@ class MAE(Objective):
     hidden = reconstruction.patch_mask_to_pixels(m.mask, self.patch_size, grid)
     return recon, hidden
 
-  def visualize(self, state: TrainState, batch: Mapping[str, Any],
-                workdir: str, step: int, split: str = "val") -> list[str]:
+  def visualize(self, state: TrainState, batch: Mapping[str, Any], step: int,
+                split: str = "val") -> dict[str, Any]:
     n = min(int(self.settings["vis_examples"]), len(batch["image"]))
     if n <= 0:
-      return []
+      return {}
     if self._reconstruct_fn is None:
       self._reconstruct_fn = jax.jit(self.reconstruct)
     image = np.asarray(batch["image"][:n], np.float32)
@@ -303,9 +275,8 @@ class MAE(Objective):
         self._reconstruct_fn(jax.device_get(state.params), image))
     indices, shown = display_bands(self.info)
     ratio = self.settings["mask_ratio"]
-    path = reconstruction.plot_reconstruction(
+    figure = reconstruction.plot_reconstruction(
         image, np.asarray(hidden), np.asarray(recon), indices,
-        os.path.join(workdir, png_name("reconstruction", split)),
         title=(f"{self.info.name} {split}: MAE step {step}, {ratio:.0%} of "
                f"patches masked, RGB = {shown}"))
-    return [path]
+    return {png_name("reconstruction", split): figure}

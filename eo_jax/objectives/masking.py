@@ -9,7 +9,7 @@ With `shuffle = argsort(noise)` and `restore = argsort(shuffle)`,
 `restore[i]` is patch i's rank in the shuffle, hence patch i is visible
 exactly when `restore[i] < K`, and gathering a shuffled sequence
 [visible tokens, mask tokens] with `restore` puts every token back at its
-patch (the un-shuffle of MAE's decoder).
+patch (`models.mae_decoder.unshuffle`, the un-shuffle of MAE's decoder).
 """
 from __future__ import annotations
 
@@ -71,9 +71,3 @@ def random_masking(rng: jax.Array, batch_size: int, num_patches: int,
   return RandomMask(keep_indices=shuffle[:, :keep], mask=mask,
                     restore_indices=restore)
 
-
-def unshuffle(shuffled: jax.Array, restore_indices: jax.Array) -> jax.Array:
-  """(B, N, ...) sequence in shuffle order -> the same in patch order."""
-  index = restore_indices.reshape(restore_indices.shape +
-                                  (1,) * (shuffled.ndim - 2))
-  return jnp.take_along_axis(shuffled, index, axis=1)

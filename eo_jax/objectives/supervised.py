@@ -5,11 +5,11 @@ Cross-entropy (with label smoothing and class weights) or focal loss from
 the confusion matrix, computed exactly over the whole split.
 Models that expose per-location class evidence (features['local_logits']
 and a receptive field `rf`, e.g. BagNets) also get evidence heatmaps at
-every evaluation, in workdir/heatmaps/.
+every evaluation, in workdir/heatmaps/. `config.evals` entries without a
+type use the 'classification' evaluator.
 """
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Mapping
 
@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from eo_jax.data.datasets.base import CLASSIFICATION, DatasetInfo
-from eo_jax.evaluate.classification import ClassificationEvaluator
 from eo_jax.models import build_model
 from eo_jax.objectives import losses
 from eo_jax.objectives.base import (OBJECTIVES, Objective, StepOutput,
@@ -54,6 +53,7 @@ class Supervised(Objective):
   """Classifies whole images; the model's output is class logits."""
 
   main_metric = "accuracy"
+  default_evaluator = "classification"
 
   def __init__(self, config, info: DatasetInfo,
                run_length: tuple[int, int] | None = None):
@@ -67,10 +67,6 @@ class Supervised(Objective):
                        "classification needs at least 2.")
     self.model = build_model(config.model, bands=info.bands,
                              num_classes=info.num_classes)
-    # Models that map parameter paths to depths (ViTs) enable layer-wise
-    # learning-rate decay; the trainer looks for `layer_id` on the objective.
-    if hasattr(self.model, "layer_id"):
-      self.layer_id = self.model.layer_id
     # Set on the first `visualize` call.
     self._has_local_logits: bool | None = None
     self._local_logits_fn = None
@@ -100,11 +96,17 @@ class Supervised(Objective):
                                  image, train=False)
     return features["pre_logits"].astype(jnp.float32)
 
-  def evaluator(self, split: str) -> ClassificationEvaluator:
-    return ClassificationEvaluator(self.info.num_classes, self.info.class_names)
+  def predict(self, state: TrainState, image: jax.Array) -> jax.Array:
+    """(B, K) class logits of normalised images."""
+    logits, _, _ = apply_model(self.model, state.params, state.model_state,
+                               image, train=False)
+    return logits.astype(jnp.float32)
 
-  def visualize(self, state: TrainState, batch: Mapping[str, Any],
-                workdir: str, step: int, split: str = "val") -> list[str]:
+  def backbones(self) -> dict[str, Any]:
+    return {"": self.model}
+
+  def visualize(self, state: TrainState, batch: Mapping[str, Any], step: int,
+                split: str = "val") -> dict[str, Any]:
     """Evidence heatmaps of the first examples, for models with local logits.
 
     Applies when the model's features hold 'local_logits' (B, h, w, K) and
@@ -113,19 +115,19 @@ class Supervised(Objective):
     `HEATMAP_EXAMPLES` examples it writes the evidence for the true class
     (ex<i>_true_<class>.png) and for the predicted one (ex<i>_pred_<class>.png),
     or one ex<i>_true_pred_<class>.png when they agree, over an RGB composite
-    of `info.rgb_bands` (else the first bands) to
-    workdir/heatmaps/<split>_step_<step>/. Other models: no files.
+    of `info.rgb_bands` (else the first bands), named
+    heatmaps/<split>_step_<step>/... Other models: no pictures.
     """
     if self._has_local_logits is None:
       self._has_local_logits = _has_local_logits(self.model, state, batch)
     if not self._has_local_logits:
-      return []
+      return {}
     rf = getattr(self.model, "rf", None)
     if rf is None:
       logging.warning("The model returns 'local_logits' but no receptive "
-                      "field (`rf`); writing no evidence heatmaps.")
+                      "field (`rf`); drawing no evidence heatmaps.")
       self._has_local_logits = False
-      return []
+      return {}
     images = np.asarray(batch["image"][:HEATMAP_EXAMPLES], np.float32)
     labels = np.asarray(batch["label"][:HEATMAP_EXAMPLES])
     if self._local_logits_fn is None:
@@ -134,12 +136,12 @@ class Supervised(Objective):
     local = np.asarray(self._local_logits_fn(
         _host_copy(state.params), _host_copy(state.model_state), images))
 
-    folder = os.path.join(workdir, "heatmaps", f"{split}_step_{step:06d}")
+    folder = f"heatmaps/{split}_step_{step:06d}"
     bands = self.info.bands
     rgb = self.info.rgb_bands or tuple(range(3 if len(bands) >= 3 else 1))
     names = self.info.class_names
     probs = np.asarray(jax.nn.softmax(local.mean(axis=(1, 2)), axis=-1))
-    paths = []
+    figures = {}
     for i, (image, label) in enumerate(zip(images, labels)):
       pred = int(np.argmax(probs[i]))
       # A correct prediction's map is the true class's: one file, not two.
@@ -151,10 +153,10 @@ class Supervised(Objective):
         role = {"true": "true", "pred": "predicted",
                 "true_pred": "true = predicted"}[kind]
         slug = re.sub(r"[^A-Za-z0-9]+", "_", names[k]).strip("_")
-        paths.append(heatmaps.plot_evidence(
-            image, rgb, heat, os.path.join(folder, f"ex{i}_{kind}_{slug}.png"),
-            f"{names[k]} ({role}, p={probs[i, k]:.2f})", bands=bands))
-    return paths
+        figures[f"{folder}/ex{i}_{kind}_{slug}.png"] = heatmaps.plot_evidence(
+            image, rgb, heat, class_name=f"{names[k]} ({role}, p={probs[i, k]:.2f})",
+            bands=bands)
+    return figures
 
 
 #: Examples of the first eval batch drawn by `Supervised.visualize`.

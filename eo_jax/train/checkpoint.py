@@ -16,8 +16,6 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-_ITEMS = ("state", "data", "meta")
-
 
 class Checkpointer:
   """Saves and restores whole runs in `directory`, keeping the newest `keep`."""
@@ -27,8 +25,11 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=False,
         cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=_ITEMS)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -64,16 +65,24 @@ class Checkpointer:
     return restored["meta"]
 
   def restore_params(self, step: int | None = None) -> tuple[Any, Any, dict]:
-    """Restores params and model state without a target (for init_from)."""
+    """(params, model state, meta) of `step` without a train state to match.
+
+    For `init_from` and inspection: the arrays are restored whole onto this
+    process's first device, whatever device count wrote them.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    stored = self._manager.item_metadata(step)["state"]
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        stored.tree if hasattr(stored, "tree") else stored)
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(),
+        state=ocp.args.StandardRestore(target),
         meta=ocp.args.JsonRestore()))
     state = restored["state"]
-    get = (lambda k: state[k]) if isinstance(state, dict) else (lambda k: getattr(state, k))
-    return get("params"), get("model_state"), restored["meta"]
+    return state["params"], state["model_state"], restored["meta"]
 
   def close(self) -> None:
     self._manager.close()

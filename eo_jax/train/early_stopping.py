@@ -1,13 +1,14 @@
-"""Early stopping on a chosen validation metric, with min-delta and patience."""
+"""Early stopping on a chosen evaluator metric, with min-delta and patience."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 
 @dataclasses.dataclass
 class EarlyStopping:
-  """Tracks the best value of `metric` ('split/name', e.g. 'val/macro_f1').
+  """Tracks the best value of `metric` ('<evaluator prefix>/<name>', e.g.
+  'val/macro_f1').
 
   An evaluation improves on the best when it is better by more than
   `min_delta`; after `patience` evaluations without improvement,
@@ -24,11 +25,27 @@ class EarlyStopping:
   bad_evaluations: int = 0
 
   @classmethod
-  def from_config(cls, config, main_metric: str) -> "EarlyStopping":
-    metric = config.metric or f"val/{main_metric}"
+  def from_config(cls, config, main_metric: str,
+                  prefixes: Sequence[str] = ("val",)) -> "EarlyStopping":
+    """From `config.train.early_stopping`.
+
+    Args:
+      config: the early-stopping section.
+      main_metric: the objective's main metric, recorded when no metric is set.
+      prefixes: the prefixes of the evaluators that run during training; the
+        metric must belong to one of them.
+    """
+    default_prefix = "val" if "val" in prefixes or not prefixes else prefixes[0]
+    metric = config.metric or f"{default_prefix}/{main_metric}"
     if "/" not in metric:
-      raise ValueError(f"config.train.early_stopping.metric={metric!r} must name a "
-                       "split and a metric, e.g. 'val/loss' or 'val/macro_f1'.")
+      raise ValueError(f"config.train.early_stopping.metric={metric!r} must name "
+                       "an evaluator prefix and a metric, e.g. 'val/loss' or "
+                       "'val/macro_f1'.")
+    if config.metric and metric.split("/", 1)[0] not in prefixes:
+      raise ValueError(
+          f"config.train.early_stopping.metric={metric!r}: no evaluator with "
+          f"prefix {metric.split('/', 1)[0]!r} runs during training (those "
+          f"that do: {list(prefixes)}); see config.evals.")
     mode = config.mode
     if mode == "auto":
       mode = "min" if metric.split("/", 1)[1].endswith("loss") else "max"

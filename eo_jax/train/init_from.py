@@ -1,17 +1,25 @@
 """Starting a run from another run's checkpoint (`config.init_from`).
 
 Typical use: pretrain an encoder (MAE, DINO, supervised on another dataset),
-then fine-tune with a new head. Parameters are matched by path; by default
-everything except the `head/` subtree is copied. Band lists must agree
-exactly. A ViT position embedding whose grid differs (another input
-resolution) is resized; any other shape mismatch is an error that names the
-parameter.
+then fine-tune it with a new head or decoder. The source run's parameters
+under `source_prefix` ('encoder' for MAE, 'student/backbone' for DINO, ''
+for the whole tree) are matched by path with this run's parameters under
+`target_prefix` ('' for the whole tree, 'backbone' for a decoder model's
+encoder). By default everything but the target's `head/` subtree is wanted;
+`params` (regexes over the paths below the target prefix) narrows that.
+
+A wanted parameter the source has is copied; one it does not have (a new
+decoder, a new head) keeps its initial value, and the log says which were
+copied and which were left. A shape that differs is handed to the backbone
+that owns the parameter (`adapt_param` of the backbone contract, e.g. a ViT
+resizes its position embedding to another grid); anything else is an error
+that names the parameter. Band lists must agree exactly.
 """
 from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -34,65 +42,67 @@ def _unflat(flat: dict[str, Any]) -> dict:
 
 
 def _subtree(flat: dict[str, Any], prefix: str) -> dict[str, Any]:
+  """The entries under `prefix`, with the prefix removed ('' = all)."""
   if not prefix:
-    return flat
+    return dict(flat)
   prefix = prefix.strip("/") + "/"
-  sub = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
-  if not sub:
-    tops = sorted({k.split("/")[0] for k in flat})
-    raise KeyError(f"config.init_from.source_prefix={prefix[:-1]!r} matches no "
-                   f"parameters of the source run; its top-level names are {tops}.")
-  return sub
+  return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
 
 
-def _resize_if_posemb(path: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-  if "pos_embedding" not in path or value.ndim != len(shape) or value.ndim not in (3, 4) \
-      or shape[0] != value.shape[0] or shape[-1] != value.shape[-1]:
-    raise ValueError(
-        f"Parameter {path!r} has shape {value.shape} in the source run but "
-        f"{shape} here. The architectures differ; match config.model to the "
-        "source run, or exclude the parameter with config.init_from.params.")
-  from eo_jax.models.vit import resize_posemb  # pylint: disable=g-import-not-at-top
-  if value.ndim == 4:
-    # The ViT stores its table as a (1, gh, gw, D) grid.
-    old, new = value.shape[1:3], shape[1:3]
-    grid = value
-  else:
-    side_old = int(round(np.sqrt(value.shape[1])))
-    side_new = int(round(np.sqrt(shape[1])))
-    if side_old * side_old != value.shape[1] or side_new * side_new != shape[1]:
-      raise ValueError(f"Cannot resize non-square position embedding {path!r}: "
-                       f"{value.shape} -> {shape}.")
-    old, new = (side_old, side_old), (side_new, side_new)
-    grid = value.reshape(value.shape[0], *old, value.shape[-1])
-  logging.info("Resizing %s from a %dx%d to a %dx%d grid.", path, *old, *new)
-  return np.asarray(resize_posemb(grid, new)).reshape(shape)
+def _owner(backbones: Mapping[str, Any], path: str) -> tuple[Any, str]:
+  """(backbone, path inside it) of the parameter at absolute `path`."""
+  for prefix, model in backbones.items():
+    if not prefix:
+      return model, path
+    if path.startswith(prefix + "/"):
+      return model, path[len(prefix) + 1:]
+  return None, path
 
 
-def _copy(target: dict[str, Any], source: dict[str, Any], patterns: list[re.Pattern],
-          what: str) -> tuple[dict[str, Any], int]:
-  out, copied = dict(target), 0
+def _copy(target: dict[str, Any], source: dict[str, Any], *, target_prefix: str,
+          patterns: list[re.Pattern], backbones: Mapping[str, Any], what: str
+          ) -> tuple[dict[str, Any], list[str], list[str]]:
+  """Copies wanted entries of `source` into `target` (paths below the
+  target prefix); returns (new target, copied paths, paths left as they were)."""
+  out, copied, left = dict(target), [], []
   for path, value in target.items():
     wanted = any(p.search(path) for p in patterns) if patterns else not _HEAD.search(path)
     if not wanted:
       continue
     if path not in source:
-      raise KeyError(
-          f"{what} {path!r} is not in the source run (it has e.g. "
-          f"{sorted(source)[:5]}). Set config.init_from.source_prefix to the "
-          "subtree that holds the encoder, or restrict config.init_from.params.")
+      left.append(path)
+      continue
     src = np.asarray(source[path])
-    if src.shape != tuple(value.shape):
-      src = _resize_if_posemb(path, src, tuple(value.shape))
+    shape = tuple(np.shape(value))
+    if src.shape != shape:
+      full = f"{target_prefix}/{path}" if target_prefix else path
+      model, inner = _owner(backbones, full)
+      if model is None or not hasattr(model, "adapt_param"):
+        raise ValueError(
+            f"{what} {full!r} has shape {src.shape} in the source run but "
+            f"{shape} here. The architectures differ; match config.model to "
+            "the source run, or exclude the parameter with "
+            "config.init_from.params.")
+      logging.info("init_from: %s adapted from %s to %s.", full, src.shape, shape)
+      src = np.asarray(model.adapt_param(inner, src, shape))
     out[path] = src.astype(np.asarray(value).dtype)
-    copied += 1
-  return out, copied
+    copied.append(path)
+  return out, copied, left
 
 
-def load_init_from(config, info: DatasetInfo, params: Any, model_state: Any
+def load_init_from(cfg, info: DatasetInfo, params: Any, model_state: Any,
+                   backbones: Mapping[str, Any] | None = None
                    ) -> tuple[Any, Any]:
-  """Returns `params`/`model_state` with the source run's values copied in."""
-  cfg = config.init_from
+  """`params` / `model_state` with the source run's values copied in.
+
+  Args:
+    cfg: `config.init_from` (workdir, step, source_prefix, target_prefix,
+      params).
+    info: this run's training data (its bands must equal the source's).
+    params, model_state: this run's initial variables.
+    backbones: the objective's {prefix: backbone} (`Objective.backbones()`),
+      whose `adapt_param` fits parameters of another shape.
+  """
   directory = os.path.join(cfg.workdir, "checkpoints")
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"config.init_from.workdir={cfg.workdir!r} has no "
@@ -103,21 +113,47 @@ def load_init_from(config, info: DatasetInfo, params: Any, model_state: Any
   bands_lib.check_same(DatasetInfo.from_dict(meta["info"]).bands, info.bands,
                        f"config.init_from.workdir={cfg.workdir!r}")
   patterns = [re.compile(p) for p in cfg.params if p]
-  prefix = cfg.source_prefix
-  new_params, n_params = _copy(_flat(jax.device_get(params)),
-                               _subtree(_flat(src_params), prefix), patterns, "Parameter")
-  new_state = {}
+  src_prefix, dst_prefix = cfg.source_prefix.strip("/"), cfg.target_prefix.strip("/")
+  flat_params = _flat(jax.device_get(params))
+  target = _subtree(flat_params, dst_prefix)
+  if not target:
+    tops = sorted({k.split("/")[0] for k in flat_params})
+    raise KeyError(f"config.init_from.target_prefix={dst_prefix!r} matches no "
+                   f"parameter of this run; its top-level names are {tops}.")
+  source_params = _subtree(_flat(src_params), src_prefix)
+  if not source_params:
+    tops = sorted({k.split("/")[0] for k in _flat(src_params)})
+    raise KeyError(f"config.init_from.source_prefix={src_prefix!r} matches no "
+                   f"parameter of the source run; its top-level names are {tops}.")
+  new_target, copied, left = _copy(target, source_params, target_prefix=dst_prefix,
+                                   patterns=patterns, backbones=backbones or {},
+                                   what="Parameter")
+  if not copied:
+    raise KeyError(
+        f"config.init_from copied nothing from {cfg.workdir!r}: none of this "
+        f"run's parameters under {dst_prefix or 'the root'!r} (e.g. "
+        f"{sorted(target)[:3]}) is in the source run under "
+        f"{src_prefix or 'its root'!r} (e.g. {sorted(source_params)[:3]}). Set "
+        "config.init_from.source_prefix / target_prefix to the subtrees that "
+        "hold the encoder.")
+  flat_params.update({(f"{dst_prefix}/{k}" if dst_prefix else k): v
+                      for k, v in new_target.items()})
+  new_state = model_state
   if model_state:
     flat_state = _flat(jax.device_get(model_state))
     src_flat = _flat(src_state or {})
-    # Collections (batch_stats, ...) are the top level; the prefix sits below.
+    # Collections (batch_stats, ...) are the top level; the prefixes sit below.
     for collection in {k.split("/")[0] for k in flat_state}:
-      target = {k.split("/", 1)[1]: v for k, v in flat_state.items()
-                if k.startswith(collection + "/")}
-      src_coll = {k.split("/", 1)[1]: v for k, v in src_flat.items()
-                  if k.startswith(collection + "/")}
-      copied, _ = _copy(target, _subtree(src_coll, prefix) if src_coll else {},
-                        patterns, f"{collection} entry")
-      new_state.update({f"{collection}/{k}": v for k, v in copied.items()})
-  logging.info("init_from: copied %d parameter arrays from %s.", n_params, cfg.workdir)
-  return _unflat(new_params), (_unflat(new_state) if model_state else model_state)
+      full = lambda p: "/".join(x for x in (collection, p) if x)
+      state_target = _subtree(flat_state, full(dst_prefix))
+      state_source = _subtree(src_flat, full(src_prefix))
+      done, _, _ = _copy(state_target, state_source, target_prefix=dst_prefix,
+                         patterns=patterns, backbones={}, what=f"{collection} entry")
+      flat_state.update({full(dst_prefix) + "/" + k: v for k, v in done.items()})
+    new_state = _unflat(flat_state)
+  logging.info("init_from: copied %d parameter arrays from %s (%s -> %s); left "
+               "%d at their initial values%s.", len(copied), cfg.workdir,
+               src_prefix or "root", dst_prefix or "root", len(left),
+               f" ({', '.join(left[:8])}{', ...' if len(left) > 8 else ''})"
+               if left else "")
+  return _unflat(flat_params), new_state

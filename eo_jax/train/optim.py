@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from eo_jax.train import schedules
+from eo_jax import schedules
 
 PyTree = Any
 Schedule = Callable[[Any], jax.Array]

@@ -3,9 +3,10 @@
 Scalars go to TensorBoard event files and the log through clu's default
 writer and into a history that is checkpointed with the run, so the training
 curves of a resumed run continue where they stopped. `curves.png` and, for
-classifiers and segmenters, `confusion_<split>.png` are redrawn after an
-evaluation when the last drawing is older than `min_plot_interval` seconds
-(matplotlib takes ~1 s a figure on a small CPU), and always at the end.
+evaluators that report a confusion matrix, `confusion_<prefix>.png` are
+redrawn after an evaluation when the last drawing is older than
+`min_plot_interval` seconds (matplotlib takes ~1 s a figure on a small CPU),
+and always at the end.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import tqdm
 from eo_jax.data.datasets.base import DatasetInfo
 from eo_jax.visualize.confusion import plot_confusion_matrix
 from eo_jax.visualize.curves import plot_curves
+from eo_jax.visualize.figures import save_figure
 
 
 class Reporter:
@@ -46,17 +48,29 @@ class Reporter:
         series.pop()
       series.append([int(step), float(value)])
 
-  def eval_result(self, step: int, split: str, result: Mapping[str, Any], *,
+  def eval_result(self, step: int, prefix: str, result: Mapping[str, Any], *,
                   final: bool = False) -> None:
+    """Records an evaluator's result; final ones as 'final_<prefix>/...'."""
     scalars = {k: float(v) for k, v in result.items() if np.ndim(v) == 0}
-    prefix = f"final_{split}" if final else split
-    self.scalars(step, {f"{prefix}/{k}": v for k, v in scalars.items()})
-    self._latest[split] = scalars
+    name = f"final_{prefix}" if final else prefix
+    self.scalars(step, {f"{name}/{k}": v for k, v in scalars.items()})
+    self._latest[prefix] = scalars
     if "confusion_matrix" in result:
-      self._confusions[split] = np.asarray(result["confusion_matrix"])
+      self._confusions[prefix] = np.asarray(result["confusion_matrix"])
 
-  def latest(self, split: str) -> dict[str, float]:
-    return dict(self._latest.get(split, {}))
+  def latest(self, prefix: str) -> dict[str, float]:
+    return dict(self._latest.get(prefix, {}))
+
+  def at_step(self, prefix: str, step: int) -> dict[str, float]:
+    """`prefix`'s scalars of its latest evaluation at or before `step`."""
+    series = {k[len(prefix) + 1:]: v for k, v in self.history.items()
+              if k.startswith(prefix + "/")}
+    steps = [s for points in series.values() for s, _ in points if s <= step]
+    if not steps:
+      return {}
+    last = max(steps)
+    return {name: value for name, points in series.items()
+            for s, value in points if s == last}
 
   # Plots -----------------------------------------------------------------
   def plot(self, *, force: bool = False) -> None:
@@ -66,13 +80,15 @@ class Reporter:
     if not force and time.monotonic() - self._last_plot < self.min_plot_interval:
       return
     self._last_plot = time.monotonic()
-    for split, cm in self._confusions.items():
-      plot_confusion_matrix(cm, list(self.info.class_names),
-                            os.path.join(self.workdir, f"confusion_{split}.png"))
+    for prefix, cm in self._confusions.items():
+      names = (list(self.info.class_names) if len(self.info.class_names) == len(cm)
+               else [str(i) for i in range(len(cm))])
+      save_figure(plot_confusion_matrix(cm, names),
+                  os.path.join(self.workdir, f"confusion_{prefix}.png"))
     curves = {k: [tuple(p) for p in v] for k, v in self.history.items()
               if not k.startswith("final_")}
-    plot_curves(curves, os.path.join(self.workdir, "curves.png"),
-                title=f"{self.info.name}")
+    save_figure(plot_curves(curves, title=f"{self.info.name}"),
+                os.path.join(self.workdir, "curves.png"))
 
   # Progress --------------------------------------------------------------
   def progress(self, total: int, initial: int, *, enabled: bool) -> tqdm.tqdm:

@@ -1,46 +1,60 @@
 """The one training loop, shared by every objective.
 
-Read top to bottom: data, objective and state, resume, step functions, then
-the loop with its periodic actions (log, evaluate, checkpoint, early stop) and
-a final evaluation. The objective supplies the loss and the evaluation; the
-trainer never asks which objective it runs.
+Read top to bottom: data and objective, state, evaluators, resume, then the
+loop with its periodic actions (log, evaluate, checkpoint, early stop) and a
+final evaluation. The pieces it calls are reusable on their own:
+`state.create_train_state`, `steps.make_train_step`, the evaluation runner
+and evaluators of eo_jax/evaluate, `restore.restore_run`. The objective
+supplies the loss and the evaluation outputs; the trainer never asks which
+objective it runs.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from clu import metric_writers
 
+from eo_jax import sharding
 from eo_jax.data import bands as bands_lib
 from eo_jax.data import pipeline
 from eo_jax.data.datasets import build_dataset
-from eo_jax.data.datasets.base import DatasetInfo
-from eo_jax.evaluate.batches import padded_eval_batches
-from eo_jax.evaluate.probe import FeatureProbe
+from eo_jax.data.datasets.base import Dataset, DatasetInfo
+from eo_jax.evaluate import EvalContext, Evaluator, build_evaluators
+from eo_jax.evaluate.runner import EvalRunner, save_figures
 from eo_jax.objectives import OBJECTIVES
 from eo_jax.objectives.base import Objective, TrainState
-from eo_jax.train import sharding
 from eo_jax.train.checkpoint import Checkpointer, iterator_state_from_json
 from eo_jax.train.early_stopping import EarlyStopping
-from eo_jax.train.init_from import load_init_from
-from eo_jax.train.optim import make_optimizer
 from eo_jax.train.reporting import Reporter
+from eo_jax.train.state import create_train_state
+from eo_jax.train.steps import make_train_step
 
 Hook = Callable[[int, TrainState], None]
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite; the workdir keeps the last good checkpoint."""
+
+
+def build_objective(config: ml_collections.ConfigDict, info: DatasetInfo,
+                    length: tuple[int, int]) -> Objective:
+  return OBJECTIVES.get(config.objective)(config, info, run_length=length)
+
+
+def evaluation_context(config: ml_collections.ConfigDict, objective: Objective,
+                       dataset: Dataset, mesh) -> EvalContext:
+  """What `config.evals` needs: the objective, the data, a runner."""
+  steps_per_epoch = pipeline.steps_per_epoch(dataset, config.input)
+  return EvalContext(objective=objective, dataset=dataset,
+                     runner=EvalRunner(mesh, config.input),
+                     eval_every=config.train.eval_every_steps or steps_per_epoch)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -57,58 +71,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_main, asynchronous=False)
 
-  # ---------------------------------------------------------------- Data
+  # ------------------------------------------------------ Data, objective
   dataset = build_dataset(config.data)
   info = dataset.info
   mesh = sharding.make_mesh()
-  local_batch = sharding.local_batch_size(config.input.batch_size)
-  eval_global = config.input.eval_batch_size or config.input.batch_size
-  local_eval_batch = sharding.local_batch_size(eval_global)
-  steps_per_epoch = pipeline.steps_per_epoch(dataset, config.input)
-  total_steps = config.train.steps or math.ceil(config.train.epochs * steps_per_epoch)
-  image_size = config.input.image_size or None
+  sharding.local_batch_size(config.input.batch_size)  # divides over devices?
+  steps_per_epoch, total_steps = pipeline.run_length(dataset, config)
   # Built before the loader: multi-view objectives (DINO) shape the batches.
-  objective = OBJECTIVES.get(config.objective)(
-      config, info, run_length=(steps_per_epoch, total_steps))
+  objective = build_objective(config, info, (steps_per_epoch, total_steps))
   train_loader = pipeline.train_loader(
       dataset, config.input, seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count(), image_size=image_size,
+      process_count=jax.process_count(), image_size=config.input.image_size or None,
       views_fn=objective.train_views())
   train_iter = iter(train_loader)
   logging.info("Dataset %s: %d bands %s, %d classes, %d steps/epoch, %d steps.",
                info.name, info.num_bands, list(bands_lib.names(info.bands)),
                info.num_classes, steps_per_epoch, total_steps)
 
-  # ----------------------------------------------------- Objective, state
-  repl = sharding.replicated(mesh)
-  data_sharding = sharding.batch_sharded(mesh)
+  # ---------------------------------------------------------------- State
   # A separate iterator supplies the shapes, so the training order is untouched.
   example_batch = sharding.to_global(next(iter(train_loader)), mesh)
-  init_fn = lambda rng, batch: dataclass_tuple(objective.init(rng, batch))
-  # The non-partitionable threefry compiles initialisers several times faster
-  # on CPU (21 s -> 3 s for a small ResNet); parameters are replicated, so
-  # nothing is lost by generating them unpartitioned.
-  with jax.threefry_partitionable(False):
-    params, model_state, extra = jax.jit(init_fn, out_shardings=repl)(
-        jax.random.key(config.seed), example_batch)
-  if config.init_from.workdir:
-    params, model_state = load_init_from(config, info, params, model_state)
-    params, model_state = jax.device_put((params, model_state), repl)
-  tx, schedule = make_optimizer(
-      config.optim, params, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-      layer_id_fn=getattr(objective, "layer_id", None))
-  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), repl),
-                     params=params, model_state=model_state,
-                     opt_state=jax.jit(tx.init, out_shardings=repl)(params),
-                     extra=extra)
+  state, tx, schedule = create_train_state(
+      config, objective, info, example_batch, mesh,
+      steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+  train_step = make_train_step(objective, tx, schedule, config.seed, mesh)
+
+  # ----------------------------------------------------------- Evaluators
+  evaluators = build_evaluators(
+      config.evals, evaluation_context(config, objective, dataset, mesh))
 
   # --------------------------------------------------------------- Resume
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                               keep=config.train.keep_checkpoints)
   reporter = Reporter(workdir, info, writer=writer, is_main=is_main)
-  stopper = EarlyStopping.from_config(config.train.early_stopping, objective.main_metric)
+  stopper = EarlyStopping.from_config(config.train.early_stopping, objective.main_metric,
+                                      _periodic_prefixes(evaluators))
   if checkpointer.latest_step() is not None:
-    _check_compatible(checkpointer.restore_meta(), info, workdir)
+    check_compatible(checkpointer.restore_meta(), info, workdir)
     state, iterator_state, meta = checkpointer.restore(state)
     train_iter.set_state(iterator_state_from_json(iterator_state))
     reporter.load(meta["history"])
@@ -116,7 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info("Resumed from step %d of %s.", int(state.step), checkpointer.directory)
   start_step = int(state.step)
   # With early stopping on, the best evaluation's state is kept apart and is
-  # the one evaluated on the final (test) splits.
+  # the one evaluated by the final evaluators.
   best_checkpointer = (Checkpointer(os.path.join(workdir, "checkpoints_best"), keep=1)
                        if stopper.enabled else None)
 
@@ -125,72 +124,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             "history": reporter.dump(), "early_stopping": stopper.dump()}
     checkpointer.save(int(state.step), state, train_iter.get_state(), meta)
 
-  # ------------------------------------------------------- Step functions
-  base_rng = jax.random.key(config.seed + 1)
-
-  def train_step(state: TrainState, batch):
-    rng = jax.random.fold_in(base_rng, state.step)
-    grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
-    (loss, out), grads = grad_fn(state.params, state, batch, rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, updates),
-        model_state=out.model_state, opt_state=opt_state, extra=out.extra)
-    new_state = new_state.replace(extra=objective.after_update(new_state))
-    metrics = dict(out.metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                   lr=schedule(state.step))
-    # A finite loss can still step into non-finite parameters; both must be
-    # finite before a state may be checkpointed.
-    finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new_state.params)]))
-    return new_state, (metrics, finite)
-
-  jit_train_step = jax.jit(train_step, in_shardings=(repl, data_sharding),
-                           out_shardings=(repl, repl), donate_argnums=(0,))
-  jit_eval_step = jax.jit(objective.eval_step, in_shardings=(repl, data_sharding),
-                          out_shardings=data_sharding)
-
-  def evaluate(state: TrainState, split: str) -> dict[str, Any]:
-    evaluator = objective.evaluator(split)
-    first_batch = None
-    for local, valid in padded_eval_batches(dataset, split, config.input,
-                                            local_eval_batch, image_size):
-      batch = sharding.to_global(local, mesh)
-      outputs, valid = sharding.to_host(
-          (jit_eval_step(state, batch), sharding.to_global({"v": valid}, mesh)["v"]))
-      evaluator.update({k: np.asarray(v)[valid] for k, v in outputs.items()})
-      if first_batch is None:
-        first_batch = local
-    result = evaluator.result()
-    if is_main and first_batch is not None:
-      objective.visualize(state, first_batch, workdir, int(state.step), split)
-    return result
-
-  probe = None
-  if config.probe.data.name:
-    if type(objective).embed is Objective.embed:
-      raise ValueError(f"config.probe is set, but objective {config.objective!r} "
-                       "has no `embed` to give features to probe.")
-    probe = FeatureProbe(config.probe, info)
-    jit_embed = jax.jit(objective.embed, in_shardings=(repl, data_sharding),
-                        out_shardings=data_sharding)
-
-  def evaluate_all(state: TrainState, *, final: bool = False) -> dict[str, dict]:
-    splits = config.train.final_eval_splits if final else config.train.eval_splits
-    out = {}
-    for split in tuple(splits):
-      if final and split not in dataset.splits:
-        continue
-      out[split] = evaluate(state, split)
-      reporter.eval_result(int(state.step), split, out[split], final=final)
-    if probe is not None:
-      out["probe"] = probe.run(jit_embed, state, mesh)
-      reporter.eval_result(int(state.step), "probe", out["probe"], final=final)
-    return out
+  def evaluate(state: TrainState, chosen: list[Evaluator], *, final: bool = False
+               ) -> dict[str, dict[str, Any]]:
+    step = int(state.step)
+    results = run_evaluators(chosen, state, step)
+    for prefix, result in results.items():
+      reporter.eval_result(step, prefix, result["metrics"], final=final)
+      if is_main:
+        save_figures(result["figures"], workdir)
+    return {prefix: result["metrics"] for prefix, result in results.items()}
 
   # ----------------------------------------------------------------- Loop
-  eval_every = config.train.eval_every_steps or steps_per_epoch
-  ckpt_every = config.train.checkpoint_every_steps or eval_every
+  ckpt_every = (config.train.checkpoint_every_steps or config.train.eval_every_steps
+                or steps_per_epoch)
   pending_losses: list[tuple[int, jax.Array, jax.Array]] = []
   pending_metrics: list[dict[str, jax.Array]] = []
   progress = reporter.progress(total_steps, start_step,
@@ -199,13 +145,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   step = start_step
   while step < total_steps and not stopper.should_stop:
     batch = sharding.to_global(next(train_iter), mesh)
-    state, (metrics, finite) = jit_train_step(state, batch)
+    state, (metrics, finite) = train_step(state, batch)
     step += 1
     pending_losses.append((step, metrics["loss"], finite))
     pending_metrics.append(metrics)
     for hook in hooks:
       hook(step, state)
-    objective.epoch_hook(step / steps_per_epoch)
     progress.update(1)
 
     is_last = step == total_steps
@@ -221,10 +166,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       progress.set_postfix(loss=f"{mean['train/loss']:.4f}")
       pending_metrics = []
 
-    if step % eval_every == 0 or is_last:
+    due = [e for e in evaluators if e.due(step, total_steps)]
+    if due:
       _raise_if_not_finite(pending_losses)
-      for split, result in evaluate_all(state).items():
-        if stopper.update(step, split, result) and best_checkpointer:
+      for prefix, result in evaluate(state, due).items():
+        if stopper.update(step, prefix, result) and best_checkpointer:
           logging.info("New best %s = %s at step %d.", stopper.metric,
                        stopper.best, step)
           best_checkpointer.save(step, state, train_iter.get_state(),
@@ -250,10 +196,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     results["early_stopping"] = stopper.dump() | {"metric": stopper.metric}
     logging.info("Final evaluation of the best state (step %d).", int(state.step))
     best_checkpointer.close()
-  for split, result in evaluate_all(state, final=True).items():
-    results[split] = {k: v for k, v in result.items() if np.ndim(v) == 0}
-  for split in tuple(config.train.eval_splits):
-    results.setdefault(split, reporter.latest(split))
+  # Periodic evaluators report the evaluation of the reported state ...
+  for prefix in _periodic_prefixes(evaluators):
+    recorded = reporter.at_step(prefix, int(state.step))
+    if recorded:
+      results[prefix] = recorded
+  # ... final ones evaluate it now.
+  final = evaluate(state, [e for e in evaluators if e.final], final=True)
+  for prefix, metrics in final.items():
+    results[prefix] = {k: v for k, v in metrics.items() if np.ndim(v) == 0}
   reporter.plot(force=True)
   if is_main:
     with open(os.path.join(workdir, "results.json"), "w") as f:
@@ -264,8 +215,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 # --------------------------------------------------------------- Helpers
-def dataclass_tuple(variables) -> tuple[Any, Any, Any]:
-  return variables.params, variables.model_state, variables.extra
+def run_evaluators(evaluators: Sequence[Evaluator], state: TrainState, step: int
+                   ) -> dict[str, dict[str, Any]]:
+  """{prefix: {'metrics': ..., 'figures': ...}}; evaluators sharing a prefix
+  (a kNN and a linear probe under 'probe') are merged."""
+  results: dict[str, dict[str, Any]] = {}
+  for evaluator in evaluators:
+    output = evaluator.run(state, step)
+    merged = results.setdefault(evaluator.prefix, {"metrics": {}, "figures": {}})
+    clash = sorted(set(merged["metrics"]) & set(output.metrics))
+    if clash:
+      raise ValueError(f"Evaluators with prefix {evaluator.prefix!r} both report "
+                       f"{clash}; give config.evals.{evaluator.name} its own prefix.")
+    merged["metrics"].update(output.metrics)
+    merged["figures"].update(output.figures)
+  return results
+
+
+def _periodic_prefixes(evaluators: Sequence[Evaluator]) -> list[str]:
+  return list(dict.fromkeys(e.prefix for e in evaluators if e.every_steps >= 0))
 
 
 def _raise_if_not_finite(pending: list[tuple[int, jax.Array, jax.Array]]) -> None:
@@ -283,7 +251,8 @@ def _raise_if_not_finite(pending: list[tuple[int, jax.Array, jax.Array]]) -> Non
   pending.clear()
 
 
-def _check_compatible(meta: dict, info: DatasetInfo, workdir: str) -> None:
+def check_compatible(meta: dict, info: DatasetInfo, workdir: str) -> None:
+  """A checkpoint's data (bands, classes) must be the run's."""
   saved = DatasetInfo.from_dict(meta["info"])
   bands_lib.check_same(saved.bands, info.bands,
                        f"The checkpoint in {workdir} was trained on other data")

@@ -6,19 +6,18 @@ run with `return_attention=True`, `features['attention_<last>']` is
 (B, heads, T, T) with tokens ordered [cls, registers..., patches...] (see
 `models.vit`); `cls_attention_maps` takes one example's class-token row over
 the patch tokens, per head, and lays it out on the patch grid, and
-`plot_attention` draws those maps, upsampled to the image, next to an RGB
-composite of any three bands.
+`plot_attention` returns a figure of those maps, upsampled to the image,
+next to an RGB composite of any three bands (`figures.rgb_composite`); save
+it with `figures.save_figure`.
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from eo_jax.visualize.curves import save_figure
-from eo_jax.visualize.segmentation_maps import rgb_composite
+from eo_jax.visualize.figures import rgb_composite
 
 
 def cls_attention_maps(attention: np.ndarray, grid: Sequence[int],
@@ -65,9 +64,9 @@ def upsample_patches(maps: np.ndarray, patch_size: int) -> np.ndarray:
 
 def plot_attention(image: np.ndarray, rgb_band_indices: Sequence[int],
                    attention: np.ndarray, grid: Sequence[int],
-                   num_prefix_tokens: int, path: str | os.PathLike,
-                   patch_size: int, title: str | None = None) -> str:
-  """Saves a PNG: the RGB composite, then the class token's attention per head.
+                   num_prefix_tokens: int, patch_size: int, *,
+                   title: str | None = None) -> Figure:
+  """Draws the RGB composite, then the class token's attention per head.
 
   Each head's map has its own colour scale (heads differ a lot in how peaked
   they are); the panel title gives the share of the class token's attention
@@ -81,12 +80,11 @@ def plot_attention(image: np.ndarray, rgb_band_indices: Sequence[int],
       `features['attention_<depth - 1>'][b]`.
     grid: (gh, gw) patch grid.
     num_prefix_tokens: 1 + number of registers.
-    path: output PNG.
     patch_size: pixels per patch side.
     title: figure title.
 
   Returns:
-    `path` as a string.
+    The figure: up to 5 panels of 2.6 inches per row.
   """
   image = np.asarray(image, np.float32)
   maps = cls_attention_maps(attention, grid, num_prefix_tokens)
@@ -117,4 +115,4 @@ def plot_attention(image: np.ndarray, rgb_band_indices: Sequence[int],
     ax.set_axis_off()
   fig.suptitle(title or "class-token attention to patches "
                "(share of attention on patches)", fontsize="medium")
-  return save_figure(fig, path)
+  return fig

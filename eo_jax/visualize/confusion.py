@@ -2,35 +2,33 @@
 
 Row normalisation shows recall per class independently of class frequency,
 which matters for imbalanced EO datasets; the counts keep the absolute sizes
-visible.
+visible. `plot_confusion_matrix` returns the figure; save it with
+`figures.save_figure`.
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from eo_jax.visualize.curves import save_figure
 
-
-def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str],
-                          path: str | os.PathLike, normalize: bool = True,
-                          title: str | None = None) -> str:
-  """Saves a PNG of `cm` (rows = true class, columns = predicted class).
+def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], *,
+                          normalize: bool = True,
+                          title: str | None = None) -> Figure:
+  """Draws `cm` (rows = true class, columns = predicted class).
 
   Args:
     cm: (K, K) counts.
     class_names: K names for the axes.
-    path: output PNG file.
     normalize: colour each cell by its share of the row (recall); otherwise
       by the raw count. Cells always show counts, plus the row share when
       normalising and K <= 15.
     title: figure title.
 
   Returns:
-    `path` as a string.
+    The figure, (side + 1) x side inches with side = 0.55 * K + 2.5
+    clamped to [4, 30].
   """
   cm = np.asarray(cm)
   if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
@@ -75,4 +73,4 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str],
         # Dark cells get white text so the number stays readable.
         ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
                 color="white" if colour[i, j] > 0.6 * vmax else "black")
-  return save_figure(fig, path)
+  return fig

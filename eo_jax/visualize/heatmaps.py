@@ -10,12 +10,12 @@ Two ways to get "how much does each image region vote for class k":
   grid gives exactly `local_logits[i, j]`; at stride 1 (optionally padded) it
   gives the dense, pixel-resolution heatmap of the BagNet paper.
 
-`plot_evidence` draws a heatmap next to and over an RGB composite of any
-three bands.
+`plot_evidence` returns a figure of a heatmap next to and over an RGB
+composite of any three bands (`figures.rgb_composite`); save it with
+`figures.save_figure`.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Sequence
 
 import matplotlib
@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from eo_jax.data import bands as bands_lib
+from eo_jax.visualize.figures import rgb_composite
 
 ArrayLike = Any
 
@@ -168,57 +169,12 @@ def sliding_patch_logits(apply_fn: Callable[[np.ndarray], Any],
   return np.concatenate(outputs).reshape(nh, nw, -1)
 
 
-def rgb_composite(image: ArrayLike, rgb: Sequence[int | str],
-                  bands: Sequence[bands_lib.Band] | None = None,
-                  percentiles: tuple[float, float] = (2.0, 98.0)) -> np.ndarray:
-  """(H, W, 3) display image in [0, 1] from three chosen bands.
-
-  Each channel is stretched on its own between the given percentiles, which
-  suits reflectances, digital numbers and normalised inputs alike.
-
-  Args:
-    image: (H, W, C) image in any units.
-    rgb: three channel indices, or three band names (then `bands` is needed);
-      one entry gives a greyscale composite.
-    bands: the image's band list, to resolve names.
-    percentiles: low and high percentile mapped to 0 and 1.
-  """
-  image = np.asarray(image, dtype=np.float64)
-  if image.ndim != 3:
-    raise ValueError(f"image must be (H, W, C); got shape {image.shape}.")
-  if len(rgb) not in (1, 3):
-    raise ValueError(f"rgb must name 1 or 3 bands; got {list(rgb)}.")
-  if all(isinstance(b, str) for b in rgb):
-    if bands is None:
-      raise ValueError(f"rgb {list(rgb)} names bands; pass the image's band "
-                       "list as `bands` (e.g. DatasetInfo.bands), or give "
-                       "channel indices.")
-    idx = bands_lib.indices(bands, list(rgb))
-  else:
-    idx = [int(i) for i in rgb]
-  if any(not -image.shape[-1] <= i < image.shape[-1] for i in idx):
-    raise IndexError(f"rgb channels {idx} do not exist in an image with "
-                     f"{image.shape[-1]} channels.")
-  out = []
-  for i in idx:
-    channel = image[..., i]
-    lo, hi = np.nanpercentile(channel, percentiles)
-    if hi > lo:
-      out.append(np.clip((channel - lo) / (hi - lo), 0.0, 1.0))
-    else:
-      out.append(np.full_like(channel, 0.5))
-  composite = np.stack(out, -1)
-  if composite.shape[-1] == 1:
-    composite = np.repeat(composite, 3, -1)
-  return np.nan_to_num(composite).astype(np.float32)
-
-
-def plot_evidence(image: ArrayLike, rgb: Sequence[int | str],
-                  heatmap: ArrayLike, path: str, class_name: str = "", *,
+def plot_evidence(image: ArrayLike, rgb: Sequence[int | str] | str,
+                  heatmap: ArrayLike, *, class_name: str = "",
                   bands: Sequence[bands_lib.Band] | None = None,
                   percentiles: tuple[float, float] = (2.0, 98.0),
-                  clip_percentile: float = 99.0, alpha: float = 0.6) -> str:
-  """Writes a PNG: RGB composite, evidence heatmap, and the two overlaid.
+                  clip_percentile: float = 99.0, alpha: float = 0.6) -> Figure:
+  """Draws the RGB composite, the evidence heatmap, and the two overlaid.
 
   The heatmap uses a diverging map centred on zero (red for, blue against
   the class), clipped at the `clip_percentile` of |evidence| so that one
@@ -228,9 +184,8 @@ def plot_evidence(image: ArrayLike, rgb: Sequence[int | str],
   Args:
     image: (H, W, C) image.
     rgb: bands to render as red, green, blue (indices or names, see
-      `rgb_composite`).
+      `figures.rgb_composite`).
     heatmap: (H, W) evidence at the image's resolution (`evidence_map`).
-    path: where to write the PNG; parent folders are created.
     class_name: named in the titles.
     bands: the image's band list, when `rgb` gives names.
     percentiles: stretch of the composite.
@@ -238,8 +193,12 @@ def plot_evidence(image: ArrayLike, rgb: Sequence[int | str],
     alpha: heatmap opacity in the overlay.
 
   Returns:
-    `path`.
+    The figure, 12 x 4.2 inches.
   """
+  if np.ndim(image) != 3:
+    # rgb_composite also takes batches; this figure shows one image.
+    raise ValueError(f"image must be (H, W, C); got shape {np.shape(image)}. "
+                     "Pass one image of the batch.")
   composite = rgb_composite(image, rgb, bands, percentiles)
   heat = np.asarray(heatmap, dtype=np.float64)
   if heat.shape != composite.shape[:2]:
@@ -251,9 +210,10 @@ def plot_evidence(image: ArrayLike, rgb: Sequence[int | str],
   cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad=(0, 0, 0, 0))
   masked = np.ma.masked_invalid(heat)
   label = class_name or "class"
-  rgb_names = ", ".join(str(b) for b in rgb)
+  rgb_names = rgb if isinstance(rgb, str) else ", ".join(str(b) for b in rgb)
 
   fig = Figure(figsize=(12, 4.2))
+  # tight_layout below measures text, which needs a canvas that can render.
   FigureCanvasAgg(fig)
   axes = fig.subplots(1, 3)
   axes[0].imshow(composite, interpolation="nearest")
@@ -274,8 +234,4 @@ def plot_evidence(image: ArrayLike, rgb: Sequence[int | str],
     ax.set_xticks([])
     ax.set_yticks([])
   fig.tight_layout()
-  parent = os.path.dirname(path)
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  fig.savefig(path, dpi=100)
-  return path
+  return fig

@@ -5,18 +5,18 @@ jointly, map the first three components to red, green and blue, and parts
 that the network considers alike get alike colours across images. Optionally,
 as in DINOv2, the first component separates foreground from background: the
 patches below a threshold on it are blacked out and the PCA is refitted on
-the rest, so the colours are spent on the foreground.
+the rest, so the colours are spent on the foreground. `plot_patch_pca`
+returns a figure of each image's RGB composite (`figures.rgb_composite`)
+next to its PCA colours; save it with `figures.save_figure`.
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from eo_jax.visualize.curves import save_figure
-from eo_jax.visualize.segmentation_maps import rgb_composite
+from eo_jax.visualize.figures import rgb_composite
 
 
 def fit_pca(features: np.ndarray, num_components: int = 3
@@ -98,20 +98,19 @@ def pca_rgb(patch_tokens: np.ndarray,
 
 
 def plot_patch_pca(images: np.ndarray, rgb_band_indices: Sequence[int],
-                   pca_rgb: np.ndarray, path: str | os.PathLike,
-                   title: str | None = None) -> str:
-  """Saves a PNG: each image's RGB composite next to its patch-PCA colours.
+                   pca_rgb: np.ndarray, *,
+                   title: str | None = None) -> Figure:
+  """Draws each image's RGB composite next to its patch-PCA colours.
 
   Args:
     images: (N, H, W, C) or (H, W, C) images, any units.
     rgb_band_indices: three channels shown as red, green, blue (one for grey).
     pca_rgb: (N, gh, gw, 3) or (gh, gw, 3) from `pca_rgb`, drawn over the
       same extent as its image (one block per patch).
-    path: output PNG.
     title: figure title.
 
   Returns:
-    `path` as a string.
+    The figure: one row of two panels per image.
   """
   images = np.asarray(images, np.float32)
   colours = np.asarray(pca_rgb, np.float32)
@@ -141,4 +140,4 @@ def plot_patch_pca(images: np.ndarray, rgb_band_indices: Sequence[int],
   axes[0, 1].set_title("patch PCA (1st-3rd components)")
   if title:
     fig.suptitle(title)
-  return save_figure(fig, path)
+  return fig

@@ -3,18 +3,17 @@
 For masked image modelling (MAE): one row per example, three bands shown as
 RGB. The original and the reconstruction are stretched together (one
 `rgb_composite` over both side by side), so equal colours mean equal values;
-hidden patches of the masked input are drawn grey.
+hidden patches of the masked input are drawn grey. `plot_reconstruction`
+returns the figure; save it with `figures.save_figure`.
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from eo_jax.visualize.curves import save_figure
-from eo_jax.visualize.segmentation_maps import rgb_composite
+from eo_jax.visualize.figures import rgb_composite
 
 MASK_GREY = 0.5
 
@@ -32,21 +31,19 @@ def patch_mask_to_pixels(mask, patch_size: int, grid: tuple[int, int]):
 
 
 def plot_reconstruction(original: np.ndarray, hidden: np.ndarray,
-                        recon: np.ndarray, band_indices: Sequence[int],
-                        path: str | os.PathLike, title: str | None = None
-                        ) -> str:
-  """Saves original | masked input | reconstruction, one row per example.
+                        recon: np.ndarray, band_indices: Sequence[int], *,
+                        title: str | None = None) -> Figure:
+  """Draws original | masked input | reconstruction, one row per example.
 
   Args:
     original: (N, H, W, C) input images (any units, e.g. band-normalised).
     hidden: (N, H, W) bool, True where the model did not see the pixel.
     recon: (N, H, W, C) reconstructions in the units of `original`.
     band_indices: 3 channels shown as R, G, B (or 1 for grey).
-    path: output PNG file.
     title: figure title.
 
   Returns:
-    `path` as a string.
+    The figure: one row of three panels per example.
   """
   original, recon = np.asarray(original), np.asarray(recon)
   hidden = np.asarray(hidden, bool)
@@ -77,4 +74,4 @@ def plot_reconstruction(original: np.ndarray, hidden: np.ndarray,
         ax.set_title(names[col], fontsize="small")
   if title:
     fig.suptitle(title, fontsize="small")
-  return save_figure(fig, path)
+  return fig

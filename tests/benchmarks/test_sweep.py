@@ -34,9 +34,9 @@ def test_override_sets_typed_values_and_rejects_unknown_keys():
   config.lock()
   sweep.apply_override(config, "train.epochs=2")
   sweep.apply_override(config, "optim.name=sgd")
-  sweep.apply_override(config, "train.eval_splits=('val', 'test')")
+  sweep.apply_override(config, "train.early_stopping.metric='val/loss'")
   assert config.train.epochs == 2.0 and config.optim.name == "sgd"
-  assert tuple(config.train.eval_splits) == ("val", "test")
+  assert config.train.early_stopping.metric == "val/loss"
   with pytest.raises(KeyError, match="no key"):
     sweep.apply_override(config, "train.epochz=2")
   with pytest.raises(ValueError, match="look like"):

@@ -1,10 +1,10 @@
-"""Tests for eo_jax.evaluate.classification.ClassificationEvaluator."""
+"""Tests for eo_jax.evaluate.classification.ClassificationMetrics."""
 import numpy as np
 import pytest
 import scipy.special
 
 from eo_jax.evaluate import metrics
-from eo_jax.evaluate.classification import ClassificationEvaluator
+from eo_jax.evaluate.classification import ClassificationMetrics
 
 NAMES = ("Forest", "River", "Crop")
 
@@ -17,7 +17,7 @@ def _split(n=11, k=3, seed=0):
 
 
 def _feed(chunks):
-  ev = ClassificationEvaluator(3, NAMES)
+  ev = ClassificationMetrics(3, NAMES)
   for chunk in chunks:
     ev.update(chunk)
   return ev.result()
@@ -61,16 +61,16 @@ def test_logits_are_ranked_as_probabilities_for_map():
   # for example 1 (example 0 has a dominant class 0).
   logits = np.array([[10.0, 2.0], [0.0, 1.0]])
   labels = np.array([0, 1])
-  ev = ClassificationEvaluator(2)
+  ev = ClassificationMetrics(2)
   ev.update({"logits": logits, "label": labels})
   assert ev.result()["map"] == 1.0
-  ev = ClassificationEvaluator(2)
+  ev = ClassificationMetrics(2)
   ev.update({"scores": logits, "label": labels})
   assert ev.result()["map"] == pytest.approx((1.0 + 0.5) / 2)
 
 
 def test_hand_computed_small_case():
-  ev = ClassificationEvaluator(3, NAMES)
+  ev = ClassificationMetrics(3, NAMES)
   scores = np.eye(3)[[0, 0, 1, 1]]  # predicts 0, 0, 1, 1
   ev.update({"scores": scores, "label": np.array([0, 1, 1, 1])})
   r = ev.result()
@@ -83,7 +83,7 @@ def test_hand_computed_small_case():
 
 
 def test_bad_input_errors():
-  ev = ClassificationEvaluator(3, NAMES)
+  ev = ClassificationMetrics(3, NAMES)
   with pytest.raises(ValueError, match="before any example"):
     ev.result()
   with pytest.raises(ValueError, match="shape"):
@@ -93,8 +93,8 @@ def test_bad_input_errors():
   with pytest.raises(ValueError, match="outside"):
     ev.update({"logits": np.zeros((1, 3)), "label": np.array([5])})
   with pytest.raises(ValueError, match="class names"):
-    ClassificationEvaluator(2, NAMES)
-  ev = ClassificationEvaluator(3, NAMES)
+    ClassificationMetrics(2, NAMES)
+  ev = ClassificationMetrics(3, NAMES)
   ev.update({"logits": np.zeros((1, 3)), "label": np.array([0]),
              "loss": np.ones(1)})
   with pytest.raises(ValueError, match="loss"):

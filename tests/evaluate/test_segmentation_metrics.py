@@ -1,9 +1,9 @@
-"""Tests for eo_jax.evaluate.segmentation.SegmentationEvaluator."""
+"""Tests for eo_jax.evaluate.segmentation.SegmentationMetrics."""
 import numpy as np
 import pytest
 
 from eo_jax.evaluate import metrics
-from eo_jax.evaluate.segmentation import SegmentationEvaluator
+from eo_jax.evaluate.segmentation import SegmentationMetrics
 
 NAMES = ("water", "field", "urban", "cloud")
 IGNORE = 255
@@ -18,7 +18,7 @@ def _split(n=5, seed=0):
 
 
 def _feed(chunks):
-  ev = SegmentationEvaluator(4, NAMES, ignore_index=IGNORE)
+  ev = SegmentationMetrics(4, NAMES, ignore_index=IGNORE)
   for chunk in chunks:
     ev.update(chunk)
   return ev.result()
@@ -63,7 +63,7 @@ def test_pred_input_and_absent_class_by_hand():
 
 
 def test_bad_input_errors():
-  ev = SegmentationEvaluator(4, NAMES, ignore_index=IGNORE)
+  ev = SegmentationMetrics(4, NAMES, ignore_index=IGNORE)
   with pytest.raises(ValueError, match="before any"):
     ev.result()
   with pytest.raises(ValueError, match="differ"):

@@ -42,7 +42,7 @@ def main() -> None:
   from eo_jax.data.datasets import build_dataset  # pylint: disable=g-import-not-at-top
   from eo_jax.objectives import OBJECTIVES, centering, koleo  # pylint: disable=g-import-not-at-top
   from eo_jax.objectives.base import TrainState  # pylint: disable=g-import-not-at-top
-  from eo_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  from eo_jax import sharding  # pylint: disable=g-import-not-at-top
 
   assert jax.device_count() == 4, jax.devices()
   mesh = sharding.make_mesh()

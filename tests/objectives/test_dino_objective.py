@@ -20,7 +20,8 @@ from eo_jax.data import pipeline
 from eo_jax.data.datasets import build_dataset
 from eo_jax.objectives import OBJECTIVES
 from eo_jax.objectives.base import TrainState
-from eo_jax.objectives.dino import DINOEvaluator, crop_major
+from eo_jax.evaluate.dino import DINOMetrics
+from eo_jax.objectives.dino import crop_major
 import numpy_reference as ref
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -144,7 +145,7 @@ def test_train_views_make_the_configured_crops(softmax_objective):
 
 
 def test_evaluator_counts_prototypes_in_use():
-  ev = DINOEvaluator()
+  ev = DINOMetrics()
   ones = np.ones(4)
   ev.update({"loss": ones, "cosine": ones, "teacher_entropy": 2 * ones,
              "prototype": np.array([3, 3, 3, 3])})

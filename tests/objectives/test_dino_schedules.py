@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from eo_jax import config as config_lib
-from eo_jax.train import optim, schedules
+from eo_jax import schedules
+from eo_jax.train import optim
 
 
 def test_cosine_matches_dinov2_cosine_scheduler():

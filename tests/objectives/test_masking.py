@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eo_jax.models.mae_decoder import unshuffle
 from eo_jax.objectives import masking
 
 
@@ -41,7 +42,7 @@ def test_unshuffle_puts_every_visible_token_back_at_its_patch():
   ids = jnp.broadcast_to(jnp.arange(n), (b, n))
   visible = jnp.take_along_axis(ids, m.keep_indices, axis=1)
   placeholders = jnp.full((b, n - k), -1)
-  restored = np.asarray(masking.unshuffle(
+  restored = np.asarray(unshuffle(
       jnp.concatenate([visible, placeholders], axis=1), m.restore_indices))
   mask = np.asarray(m.mask) > 0
   np.testing.assert_array_equal(restored[~mask],
@@ -57,7 +58,7 @@ def test_unshuffle_inverts_the_shuffle_on_feature_vectors():
   np.testing.assert_array_equal(shuffle[:, :3], np.asarray(m.keep_indices))
   x = np.random.default_rng(0).normal(size=(2, 6, 3)).astype(np.float32)
   shuffled = np.take_along_axis(x, shuffle[..., None], axis=1)
-  back = masking.unshuffle(jnp.asarray(shuffled), m.restore_indices)
+  back = unshuffle(jnp.asarray(shuffled), m.restore_indices)
   np.testing.assert_array_equal(np.asarray(back), x)
 
 

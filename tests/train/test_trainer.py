@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from eo_jax.config import probe_evals
 from eo_jax.train import trainer
 from tiny import (Crash, assert_metrics_equal, checkpoint_variables, crash_at,
                   direct_outputs, final_params, reference_metrics, tiny_config)
@@ -30,8 +31,7 @@ def test_run_writes_metrics_plots_and_checkpoints(tmp_path):
   # no wrong wire could change.
   probe_view = tiny_config(**{"data.noise": 5.0})
   config.unlock()
-  config.probe.data = probe_view.data
-  config.probe.knn_k = (5,)
+  probe_evals(config, probe_view.data, k=(5,))
   config.lock()
   results = trainer.train_and_evaluate(config, str(tmp_path))
   # Features of a network that classifies well separate its classes.
@@ -42,7 +42,7 @@ def test_run_writes_metrics_plots_and_checkpoints(tmp_path):
   train = direct_outputs(probe_view, *variables, "train")
   val = direct_outputs(probe_view, *variables, "val")
   knn = reference_metrics(_knn_votes(train["features"], train["labels"], val["features"],
-                                     5, config.probe.knn_temperature, 3), val["labels"], 3)
+                                     5, config.evals.knn.temperature, 3), val["labels"], 3)
   assert 0.4 < knn["accuracy"] < 1, knn  # errors that a wrong wire would move
   assert results["probe"]["knn5/accuracy"] == knn["accuracy"], (results["probe"], knn)
   np.testing.assert_allclose(results["probe"]["knn5/macro_f1"], knn["macro_f1"], rtol=1e-12)

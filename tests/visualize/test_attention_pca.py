@@ -1,10 +1,12 @@
 """Class-token attention maps and patch-feature PCA: values against hand-built
-attention and an eigendecomposition, and the PNGs they draw."""
+attention and an eigendecomposition, and the figures they draw (saved as
+PNGs)."""
 import numpy as np
 import pytest
 from PIL import Image
 
 from eo_jax.visualize import attention, pca
+from eo_jax.visualize.figures import save_figure
 
 
 def _softmax(x, axis=-1):
@@ -18,8 +20,9 @@ def _attention(heads, grid, prefix, seed=0):
   return _softmax(logits).astype(np.float32)
 
 
-def _png(path):
-  with Image.open(path) as im:
+def _png(fig, path):
+  """Saves `fig` as a PNG at `path` and returns its pixels."""
+  with Image.open(save_figure(fig, path)) as im:
     assert im.format == "PNG"
     im.load()
     return np.asarray(im)
@@ -74,14 +77,19 @@ def test_cls_attention_rejects_mismatched_tokens():
 def test_plot_attention_writes_a_png(tmp_path):
   grid, patch = (4, 4), 4
   image = np.random.default_rng(0).normal(size=(16, 16, 13))
-  path = attention.plot_attention(image, (3, 2, 1), _attention(3, grid, 2),
-                                  grid, 2, tmp_path / "sub" / "attn.png", patch)
-  pixels = _png(path)
+  fig = attention.plot_attention(image, (3, 2, 1), _attention(3, grid, 2),
+                                 grid, 2, patch)
+  # The image, three heads (with their share on patches) and their mean.
+  titles = [ax.get_title() for ax in fig.axes]
+  assert titles[0] == "image (bands 3, 2, 1)"
+  assert [t.split(" (")[0] for t in titles[1:]] == [
+      "head 0", "head 1", "head 2", "mean of heads"]
+  pixels = _png(fig, tmp_path / "sub" / "attn.png")
   assert pixels.shape[1] > pixels.shape[0]  # panels side by side
   assert pixels.std() > 0
   with pytest.raises(ValueError, match="grid"):
     attention.plot_attention(image[:12], (0, 1, 2), _attention(3, grid, 2),
-                             grid, 2, tmp_path / "bad.png", patch)
+                             grid, 2, patch)
 
 
 # --- PCA --------------------------------------------------------------------
@@ -164,13 +172,11 @@ def test_pca_rgb_background_threshold_blacks_out_low_first_component():
 def test_plot_patch_pca_writes_a_png(tmp_path):
   tokens, _ = _tokens(n=2, grid=(4, 4))
   images = np.random.default_rng(0).normal(size=(2, 32, 32, 4))
-  path = pca.plot_patch_pca(images, (2, 1, 0), pca.pca_rgb(tokens),
-                            tmp_path / "pca.png")
-  pixels = _png(path)
+  pixels = _png(pca.plot_patch_pca(images, (2, 1, 0), pca.pca_rgb(tokens)),
+                tmp_path / "pca.png")
   assert pixels.shape[0] > pixels.shape[1]  # one row per image
   with pytest.raises(ValueError, match="PCA maps"):
-    pca.plot_patch_pca(images, (2, 1, 0), pca.pca_rgb(tokens)[:1],
-                       tmp_path / "bad.png")
+    pca.plot_patch_pca(images, (2, 1, 0), pca.pca_rgb(tokens)[:1])
 
 
 def test_with_a_tiny_vit_s_features(tmp_path):
@@ -191,8 +197,8 @@ def test_with_a_tiny_vit_s_features(tmp_path):
   maps = attention.cls_attention_maps(weights, (4, 3), 1 + 2)
   np.testing.assert_allclose(maps.reshape(2, -1), weights[:, 0, 3:])
   assert np.all(maps.sum((1, 2)) < 1.0)  # some attention goes to prefixes
-  attention.plot_attention(images[0], (0, 1, 2), weights, (4, 3), 3,
-                           tmp_path / "a.png", 4)
+  _png(attention.plot_attention(images[0], (0, 1, 2), weights, (4, 3), 3, 4),
+       tmp_path / "a.png")
   colours = pca.pca_rgb(np.asarray(features["patch_tokens"]))
   assert colours.shape == (2, 4, 3, 3)
-  _png(pca.plot_patch_pca(images, (0, 1, 2), colours, tmp_path / "p.png"))
+  _png(pca.plot_patch_pca(images, (0, 1, 2), colours), tmp_path / "p.png")

