@@ -7,6 +7,7 @@ with the list of names that do exist.
 from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
+from eo_jax.errors import ConfigError
 
 T = TypeVar("T", bound=Callable)
 
@@ -32,7 +33,7 @@ class Registry(Generic[T]):
       return self._entries[name]
     except KeyError:
       known = ", ".join(sorted(self._entries)) or "(none)"
-      raise KeyError(
+      raise ConfigError(
           f"Unknown {self.kind} {name!r}. Known {self.kind}s: {known}.") from None
 
   def names(self) -> list[str]:

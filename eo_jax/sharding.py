@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from eo_jax.errors import ConfigValueError
 
 DATA_AXIS = "data"
 
@@ -38,7 +39,7 @@ def local_batch_size(global_batch_size: int) -> int:
   """The batch each process feeds; checks that devices divide the batch."""
   devices, processes = jax.device_count(), jax.process_count()
   if global_batch_size % devices:
-    raise ValueError(
+    raise ConfigValueError(
         f"Batch size {global_batch_size} is not divisible by the {devices} devices "
         f"in use. Set --config.input.batch_size to a multiple of {devices} "
         f"(e.g. {max(devices, global_batch_size // devices * devices)}).")

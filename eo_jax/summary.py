@@ -478,16 +478,21 @@ def synthetic_bands(n: int) -> tuple[bands_lib.Band, ...]:
                for i in range(n))
 
 
-def _main(argv: Sequence[str]) -> None:
+def _main(argv: Sequence[str], overrides: dict[str, Any]) -> None:
   from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  from eo_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from eo_jax import errors  # pylint: disable=g-import-not-at-top
   from eo_jax.models import build_model  # pylint: disable=g-import-not-at-top
   del argv
   # JAX logs backend probing at INFO; it would bury the table.
   logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
-  config = f.config
-  if config is None:
+  if not f.config:
     raise SystemExit("Give --config=configs/<experiment>.py.")
+  try:
+    config = config_lib.load_config(f.config, overrides)
+  except errors.UserError as e:
+    raise SystemExit(f"error: {errors.message(e)}") from None
   info = None
   if not f.bands:
     from eo_jax.data.datasets import build_dataset  # pylint: disable=g-import-not-at-top
@@ -519,9 +524,9 @@ def _main(argv: Sequence[str]) -> None:
 
 def _define_flags() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                  lock_config=True)
+  flags.DEFINE_string("config", None, "Experiment config file, optionally with "
+                      "':key=value,...' variants; fields can be set with "
+                      "--config.<key>=<value>.")
   flags.DEFINE_integer("bands", 0, "Number of input bands; skips building "
                        "the dataset (use with --image_size).")
   flags.DEFINE_integer("image_size", 0, "Input height and width in pixels; "
@@ -535,6 +540,10 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
+  import functools  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
   from absl import app  # pylint: disable=g-import-not-at-top
+  from eo_jax.config import split_config_overrides  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(_main)
+  remaining, config_overrides = split_config_overrides(sys.argv)
+  app.run(functools.partial(_main, overrides=config_overrides), argv=remaining)

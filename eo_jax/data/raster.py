@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable, Hashable
 
@@ -283,7 +284,9 @@ class LRUCache:
   """Least-recently-used cache of loaded arrays, private to each process.
 
   Forked or spawned workers (Grain) start empty instead of sharing handles
-  or memory maps across processes, and pickling drops the contents.
+  or memory maps across processes, and pickling drops the contents. Safe to
+  share between threads (data/validate.py reads sources from a thread
+  pool); two threads missing the same key may both load it.
   """
 
   def __init__(self, max_entries: int):
@@ -291,6 +294,7 @@ class LRUCache:
     self._items: collections.OrderedDict[Hashable, Any] = (
         collections.OrderedDict())
     self._pid = os.getpid()
+    self._lock = threading.Lock()
 
   def __getstate__(self) -> dict:
     return {"max_entries": self.max_entries}
@@ -303,20 +307,25 @@ class LRUCache:
 
   def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
     if self._pid != os.getpid():
-      self._items.clear()
-      self._pid = os.getpid()
-    if key in self._items:
-      self._items.move_to_end(key)
-      return self._items[key]
+      # A forked child: its copy of the lock may have been taken mid-update
+      # by a thread that does not exist here; start afresh.
+      self.__init__(self.max_entries)
+    with self._lock:
+      if key in self._items:
+        self._items.move_to_end(key)
+        return self._items[key]
+    # Loading (file I/O) runs unlocked, so other threads are not held up.
     value = load()
     if self.max_entries:
-      self._items[key] = value
-      while len(self._items) > self.max_entries:
-        self._items.popitem(last=False)
+      with self._lock:
+        self._items[key] = value
+        while len(self._items) > self.max_entries:
+          self._items.popitem(last=False)
     return value
 
   def clear(self) -> None:
-    self._items.clear()
+    with self._lock:
+      self._items.clear()
 
 
 def file_key(path: Path) -> tuple[str, int, int]:

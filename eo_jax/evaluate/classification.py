@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import scipy.special
 
+from eo_jax.errors import ConfigValueError
 from eo_jax.evaluate import metrics
 from eo_jax.evaluate.common import EVALUATORS, PredictionEvaluator
 
@@ -126,7 +127,7 @@ class ClassificationEvaluator(PredictionEvaluator):
   def make_metrics(self) -> ClassificationMetrics:
     objective_classes = tuple(self.context.objective.info.class_names)
     if tuple(self.info.class_names) != objective_classes:
-      raise ValueError(
+      raise ConfigValueError(
           f"config.evals.{self.name}: dataset {self.info.name!r} has classes "
           f"{list(self.info.class_names)}, the model predicts "
           f"{list(objective_classes)}.")

@@ -49,6 +49,7 @@ from absl import logging
 from eo_jax.data import bands as bands_lib
 from eo_jax.data.datasets import build_dataset
 from eo_jax.data.datasets.base import Dataset, DatasetInfo
+from eo_jax.errors import ConfigError, ConfigValueError
 from eo_jax.evaluate.runner import EvalRunner
 from eo_jax.registry import Registry
 
@@ -72,6 +73,21 @@ class EvalContext:
   dataset: Dataset
   runner: EvalRunner
   eval_every: int = 1
+  _other_datasets: dict[str, Dataset] = dataclasses.field(default_factory=dict)
+
+  def dataset_for(self, name: str, data: Mapping[str, Any] | None) -> Dataset:
+    """The training dataset, or the one `data` describes (built once, so
+    evaluators of the same data share it and the features they extract)."""
+    if not data or not dict(data).get("name"):
+      return self.dataset
+    key = repr(sorted(_plain(data).items()))
+    if key not in self._other_datasets:
+      dataset = build_dataset(data, validate=True)
+      bands_lib.check_same(self.objective.info.bands, dataset.info.bands,
+                           f"config.evals.{name}.data ({dataset.info.name}) vs "
+                           "the training data")
+      self._other_datasets[key] = dataset
+    return self._other_datasets[key]
 
 
 class Evaluator(abc.ABC):
@@ -91,12 +107,11 @@ class Evaluator(abc.ABC):
     self.final = bool(final)
     self.prefix = prefix or name
     if "/" in self.prefix:
-      raise ValueError(f"config.evals.{name}.prefix={self.prefix!r} may not "
+      raise ConfigValueError(f"config.evals.{name}.prefix={self.prefix!r} may not "
                        "contain '/'.")
     self.batch_size = int(batch_size)
     self.image_size = int(image_size) or None
-    self.dataset = (context.dataset if not data or not dict(data).get("name")
-                    else _other_dataset(name, data, context.objective.info))
+    self.dataset = context.dataset_for(name, data)
 
   @property
   def info(self) -> DatasetInfo:
@@ -126,15 +141,6 @@ class Evaluator(abc.ABC):
 EVALUATORS: Registry[Callable[..., Evaluator]] = Registry("evaluator")
 
 
-def _other_dataset(name: str, data: Mapping[str, Any],
-                   train_info: DatasetInfo) -> Dataset:
-  dataset = build_dataset(data)
-  bands_lib.check_same(train_info.bands, dataset.info.bands,
-                       f"config.evals.{name}.data ({dataset.info.name}) vs the "
-                       "training data")
-  return dataset
-
-
 def _plain(value: Any) -> Any:
   return value.to_dict() if hasattr(value, "to_dict") else value
 
@@ -154,7 +160,7 @@ def build_evaluator(name: str, entry: Mapping[str, Any],
   accepted = _accepted_keys(factory)
   unknown = sorted(set(settings) - accepted)
   if unknown:
-    raise KeyError(f"config.evals.{name} (type {kind!r}) has unknown keys "
+    raise ConfigError(f"config.evals.{name} (type {kind!r}) has unknown keys "
                    f"{unknown}; it takes {sorted(accepted | {'type'})}.")
   return factory(name, context, **settings)
 
@@ -178,7 +184,7 @@ def build_evaluators(evals_config: Mapping[str, Any], context: EvalContext
     evaluator = build_evaluator(name, entry, context)
     if not evaluator.has_split():
       if evaluator.every_steps >= 0:
-        raise KeyError(
+        raise ConfigError(
             f"config.evals.{name} evaluates split {evaluator.split!r}, which "
             f"dataset {evaluator.info.name!r} does not have (it has "
             f"{sorted(evaluator.dataset.splits)}). Set config.evals.{name}."

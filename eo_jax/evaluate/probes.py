@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from eo_jax.data.datasets.base import CLASSIFICATION
+from eo_jax.errors import ConfigValueError
 from eo_jax.evaluate import metrics
 from eo_jax.evaluate.common import EVALUATORS, EvalContext, EvalOutput, Evaluator
 from eo_jax.evaluate.knn import knn_scores
@@ -62,10 +63,10 @@ class _Probe(Evaluator):
                train_split: str = "train", **common: Any):
     super().__init__(name, context, **common)
     if self.info.task != CLASSIFICATION:
-      raise ValueError(f"config.evals.{name}: dataset {self.info.name!r} is a "
+      raise ConfigValueError(f"config.evals.{name}: dataset {self.info.name!r} is a "
                        f"{self.info.task} dataset; probes need image-level labels.")
     if not context.objective.has_embed:
-      raise ValueError(f"config.evals.{name} probes features, but objective "
+      raise ConfigValueError(f"config.evals.{name} probes features, but objective "
                        f"{type(context.objective).__name__} has no `embed`.")
     self.train_split = train_split
     self._fn = context.objective.eval_fn("embed")

@@ -56,6 +56,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import jax
 import numpy as np
+from eo_jax.errors import ConfigValueError
 
 Array = jax.Array
 
@@ -103,7 +104,7 @@ class TokenBackbone(Backbone, Protocol):
 def require_backbone(model: Any, who: str) -> Backbone:
   """`model` if it meets the backbone contract, else a ValueError for `who`."""
   if not isinstance(model, Backbone):
-    raise ValueError(f"{who} needs a backbone (see eo_jax/models/backbone.py); "
+    raise ConfigValueError(f"{who} needs a backbone (see eo_jax/models/backbone.py); "
                      f"{type(model).__name__} does not offer dense_maps / "
                      "layer_id / num_layers.")
   return model
@@ -118,7 +119,7 @@ def require_token_backbone(model: Any, who: str, why: str) -> TokenBackbone:
     why: what `who` does with tokens, e.g. "encodes only visible patches".
   """
   if not isinstance(model, TokenBackbone):
-    raise ValueError(
+    raise ConfigValueError(
         f"{who} {why} and needs a token backbone (a ViT); config.model builds "
         f"a {type(model).__name__}. Set config.model.name='vit' (or another "
         "token model).")

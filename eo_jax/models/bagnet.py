@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from eo_jax.data.bands import Band
+from eo_jax.errors import ConfigTypeError, ConfigValueError
 from eo_jax.models import common
 from eo_jax.models.registry import MODELS
 
@@ -81,17 +82,17 @@ _conv = functools.partial(common.conv, padded=False)
 def _check_arch(kernel3: Sequence[int], strides: Sequence[int],
                 blocks: Sequence[int]) -> None:
   if not len(kernel3) == len(strides) == len(blocks):
-    raise ValueError(
+    raise ConfigValueError(
         f"BagNet kernel3 {tuple(kernel3)}, strides {tuple(strides)} and blocks "
         f"{tuple(blocks)} must have one entry per stage.")
   for stage, (k3, n) in enumerate(zip(kernel3, blocks)):
     if not 0 <= k3 <= n:
-      raise ValueError(
+      raise ConfigValueError(
           f"BagNet kernel3[{stage}] = {k3} must be between 0 and the number "
           f"of blocks in that stage ({n}); it counts the leading blocks with a "
           "3x3 kernel.")
   if any(s < 1 for s in strides) or any(n < 1 for n in blocks):
-    raise ValueError(f"BagNet strides {tuple(strides)} and blocks "
+    raise ConfigValueError(f"BagNet strides {tuple(strides)} and blocks "
                      f"{tuple(blocks)} must be positive.")
 
 
@@ -276,7 +277,7 @@ def _variant(name: str):
   def factory(*, bands: Sequence[Band] = (), num_classes: int,
               **kwargs) -> BagNet:
     if "kernel3" in kwargs:
-      raise TypeError(f"{name} fixes kernel3={VARIANTS[name]}; use the "
+      raise ConfigTypeError(f"{name} fixes kernel3={VARIANTS[name]}; use the "
                       "generic 'bagnet' model to choose it.")
     return bagnet(bands=bands, num_classes=num_classes,
                   kernel3=VARIANTS[name], **kwargs)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from eo_jax.data.bands import Band
+from eo_jax.errors import ConfigValueError, InputShapeError
 from eo_jax.models import layers
 
 Array = jax.Array
@@ -41,18 +42,18 @@ def check_image(model: str, image: Array, mask: Any,
     min_size_fix: what to do about a too small image, ending the message.
   """
   if mask is not None:
-    raise ValueError(f"{model} does not take a token mask; call it with "
+    raise InputShapeError(f"{model} does not take a token mask; call it with "
                      "mask=None (masking is for ViT objectives such as MAE).")
   if image.ndim != 4:
-    raise ValueError(f"{model} expects (B, H, W, C) images, got shape "
+    raise InputShapeError(f"{model} expects (B, H, W, C) images, got shape "
                      f"{image.shape}.")
   if bands and image.shape[-1] != len(bands):
-    raise ValueError(
+    raise InputShapeError(
         f"{model} was built for {len(bands)} bands but the image has "
         f"{image.shape[-1]} channels; build the model with the dataset's "
         "bands (config.data.bands).")
   if min(image.shape[1:3]) < min_size:
-    raise ValueError(
+    raise InputShapeError(
         f"{model} needs images of at least {min_size}x{min_size} pixels, got "
         f"{image.shape[1]}x{image.shape[2]}; {min_size_fix}")
 
@@ -124,7 +125,7 @@ def dense_inits(kind: str, fan_in: int) -> dict[str, Callable[..., Array]]:
   if kind == "default":
     return {}
   if kind != "torch":
-    raise ValueError(f"Unknown head_init {kind!r}; config.model.head_init must "
+    raise ConfigValueError(f"Unknown head_init {kind!r}; config.model.head_init must "
                      f"be one of {HEAD_INITS}.")
   return dict(kernel_init=torch_uniform(fan_in),
               bias_init=torch_uniform(fan_in))

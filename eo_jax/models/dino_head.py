@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from eo_jax.errors import ConfigValueError
 from eo_jax.models import vit as vit_lib
 from eo_jax.models.common import l2_normalize
 
@@ -52,7 +53,7 @@ class DINOHead(nn.Module):
   def __call__(self, x: Array) -> Array:
     """(..., D) features -> (..., num_prototypes) float32 logits in [-1, 1]."""
     if self.num_layers < 1:
-      raise ValueError(f"DINOHead needs num_layers >= 1, got {self.num_layers}.")
+      raise ConfigValueError(f"DINOHead needs num_layers >= 1, got {self.num_layers}.")
     dense = lambda features, i: nn.Dense(
         features, dtype=self.dtype,
         kernel_init=nn.initializers.truncated_normal(0.02),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from eo_jax.errors import ConfigValueError
 
 HEAD_KINDS = ("linear", "mlp")
 
@@ -60,7 +61,7 @@ def make_head(kind: str, num_classes: int, *, hidden: int = 1024,
     An unbound head module called as `head(x, train=...)`.
   """
   if num_classes <= 0:
-    raise ValueError(f"A head needs num_classes > 0, got {num_classes}; build "
+    raise ConfigValueError(f"A head needs num_classes > 0, got {num_classes}; build "
                      "the backbone with num_classes=0 to get pooled features.")
   if kind == "linear":
     return LinearHead(num_classes, 0.0 if dropout is None else dropout,
@@ -68,5 +69,5 @@ def make_head(kind: str, num_classes: int, *, hidden: int = 1024,
   if kind == "mlp":
     return MLPHead(num_classes, hidden, 0.2 if dropout is None else dropout,
                    dtype=dtype, name=name)
-  raise ValueError(f"Unknown head {kind!r}; config.model.head must be one of "
+  raise ConfigValueError(f"Unknown head {kind!r}; config.model.head must be one of "
                    f"{HEAD_KINDS}.")

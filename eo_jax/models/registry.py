@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 
 from eo_jax.data.bands import Band
+from eo_jax.errors import ConfigTypeError
 from eo_jax.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -37,5 +38,5 @@ def build_model(model_config: Any, *, bands: Sequence[Band],
   try:
     return factory(bands=tuple(bands), num_classes=num_classes, **kwargs)
   except TypeError as e:
-    raise TypeError(f"config.model for {name!r} has a field the model does not "
+    raise ConfigTypeError(f"config.model for {name!r} has a field the model does not "
                     f"take: {e}") from None

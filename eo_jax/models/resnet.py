@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from eo_jax.data.bands import Band
+from eo_jax.errors import ConfigValueError
 from eo_jax.models import common, heads, layers
 from eo_jax.models.registry import MODELS
 
@@ -84,7 +85,7 @@ def stage_geometry(num_stages: int, low_res_stem: bool = False,
   current = stem_stride(low_res_stem)
   if output_stride is not None and (
       output_stride < current or output_stride & (output_stride - 1)):
-    raise ValueError(
+    raise ConfigValueError(
         f"output_stride={output_stride} but the ResNet needs a power of two "
         f"of at least its stem's stride ({current}); use None, 8 or 16.")
   dilation, geometry = 1, []
@@ -228,10 +229,10 @@ class ResNet(nn.Module):
   def _check(self, image: jax.Array, mask: Any) -> None:
     common.check_image("ResNet", image, mask, self.bands)
     if self.block not in _BLOCKS:
-      raise ValueError(f"Unknown ResNet block {self.block!r}; "
+      raise ConfigValueError(f"Unknown ResNet block {self.block!r}; "
                        f"config.model.block must be one of {BLOCK_KINDS}.")
     if not 0 <= self.num_stages <= len(self.stage_sizes):
-      raise ValueError(
+      raise ConfigValueError(
           f"num_stages={self.num_stages} but the ResNet has "
           f"{len(self.stage_sizes)} stages; use 0 (all) to "
           f"{len(self.stage_sizes)}.")
@@ -295,7 +296,7 @@ def _factory(stage_sizes: Sequence[int], block: str, doc: str):
   def build(*, bands: Sequence[Band], num_classes: int, **kwargs) -> ResNet:
     fixed = sorted({"stage_sizes", "block"} & set(kwargs))
     if fixed:
-      raise ValueError(f"This named ResNet fixes {fixed}; remove them from "
+      raise ConfigValueError(f"This named ResNet fixes {fixed}; remove them from "
                        "config.model or use config.model.name = 'resnet'.")
     return ResNet(num_classes=num_classes, stage_sizes=tuple(stage_sizes),
                   block=block, bands=tuple(bands), **kwargs)
@@ -339,7 +340,7 @@ def resnet18_truncated(*, bands: Sequence[Band], num_classes: int,
   """
   fixed = sorted({"stage_sizes", "block"} & set(kwargs))
   if fixed:
-    raise ValueError(f"resnet18_truncated fixes {fixed}; remove them from "
+    raise ConfigValueError(f"resnet18_truncated fixes {fixed}; remove them from "
                      "config.model or use config.model.name = 'resnet'.")
   defaults = dict(num_stages=2, head="mlp", head_hidden=1024, head_dropout=0.2)
   defaults.update(kwargs)

@@ -57,6 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eo_jax.data.bands import Band
+from eo_jax.errors import InputShapeError
 from eo_jax.models.registry import MODELS
 
 Array = jax.Array
@@ -83,7 +84,7 @@ def parse_variant(variant: str) -> tuple[str, int | None]:
   """Splits 'B/16' into ('B', 16); 'B' alone gives ('B', None)."""
   size, _, patch = variant.partition("/")
   if size not in SIZES or (patch and not patch.isdigit()):
-    raise ValueError(
+    raise InputShapeError(
         f"Unknown ViT variant {variant!r}. Use '<size>/<patch>' with size in "
         f"{list(SIZES)}, e.g. 'S/8' or 'B/16'.")
   return size, int(patch) if patch else None
@@ -118,7 +119,7 @@ def posemb_sincos_2d(grid: tuple[int, int], width: int,
   for frequencies w spaced geometrically from 1 to 1/temperature.
   """
   if width % 4:
-    raise ValueError(f"posemb='sincos2d' needs a width divisible by 4, got "
+    raise InputShapeError(f"posemb='sincos2d' needs a width divisible by 4, got "
                      f"{width}; use posemb='learn' or change the width.")
   gh, gw = grid
   y, x = jnp.mgrid[:gh, :gw]
@@ -140,11 +141,11 @@ def resize_posemb(posemb: Array, new_grid: Sequence[int]) -> Array:
   `posemb` itself, untouched.
   """
   if posemb.ndim != 4 or posemb.shape[0] != 1:
-    raise ValueError(f"resize_posemb expects a (1, gh, gw, D) grid, got shape "
+    raise InputShapeError(f"resize_posemb expects a (1, gh, gw, D) grid, got shape "
                      f"{posemb.shape}.")
   new_grid = tuple(int(g) for g in new_grid)
   if len(new_grid) != 2 or min(new_grid) < 1:
-    raise ValueError(f"new_grid must be two positive ints, got {new_grid}.")
+    raise InputShapeError(f"new_grid must be two positive ints, got {new_grid}.")
   if tuple(posemb.shape[1:3]) == new_grid:
     return posemb
   out = jax.image.resize(posemb.astype(jnp.float32),
@@ -219,7 +220,7 @@ class Attention(nn.Module):
                ) -> tuple[Array, Array | None]:
     width = x.shape[-1]
     if width % self.num_heads:
-      raise ValueError(f"width {width} is not divisible by num_heads "
+      raise InputShapeError(f"width {width} is not divisible by num_heads "
                        f"{self.num_heads}.")
     head_dim = width // self.num_heads
     proj = functools.partial(nn.DenseGeneral, (self.num_heads, head_dim),
@@ -269,7 +270,7 @@ class FeedForward(nn.Module):
       h = nn.silu(gate) * value
       out_name = "w3"
     else:
-      raise ValueError(f"ffn must be 'mlp' or 'swiglu', got {self.ffn!r}.")
+      raise InputShapeError(f"ffn must be 'mlp' or 'swiglu', got {self.ffn!r}.")
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     return dense(width, name=out_name)(h)
 
@@ -435,34 +436,34 @@ class ViT(nn.Module):
   def _check_input(self, image: Array, mask: Array | None,
                    keep_indices: Array | None) -> tuple[int, int]:
     if image.ndim != 4:
-      raise ValueError(f"ViT expects images (B, H, W, C), got shape "
+      raise InputShapeError(f"ViT expects images (B, H, W, C), got shape "
                        f"{image.shape}.")
     b, h, w, c = image.shape
     if c != len(self.bands):
-      raise ValueError(
+      raise InputShapeError(
           f"Image has {c} channels but the model was built for "
           f"{len(self.bands)} bands {[x.name for x in self.bands]}; build it "
           "with the dataset's bands (config.data.bands).")
     grid = _token_grid(self.patch_size, h, w)
     if mask is not None:
       if not self.use_mask_token:
-        raise ValueError("`mask` needs a mask token: build the ViT with "
+        raise InputShapeError("`mask` needs a mask token: build the ViT with "
                          "use_mask_token=True.")
       if mask.shape != (b, grid[0] * grid[1]):
-        raise ValueError(f"mask must be (B, N_patches) = "
+        raise InputShapeError(f"mask must be (B, N_patches) = "
                          f"{(b, grid[0] * grid[1])}, got {mask.shape}.")
       if keep_indices is not None:
-        raise ValueError("Pass either `mask` (iBOT/DINOv2) or `keep_indices` "
+        raise InputShapeError("Pass either `mask` (iBOT/DINOv2) or `keep_indices` "
                          "(MAE), not both.")
     if keep_indices is not None and (keep_indices.ndim != 2 or
                                      keep_indices.shape[0] != b):
-      raise ValueError(f"keep_indices must be (B, K) ints, got shape "
+      raise InputShapeError(f"keep_indices must be (B, K) ints, got shape "
                        f"{keep_indices.shape}.")
     choices = (("pool", self.pool, ("cls", "mean")),
                ("posemb", self.posemb, ("learn", "sincos2d")))
     for name, value, allowed in choices:
       if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
+        raise InputShapeError(f"{name} must be one of {allowed}, got {value!r}.")
     return grid
 
   def _position_embedding(self, grid: tuple[int, int]
@@ -587,7 +588,7 @@ class ViT(nn.Module):
 
 def _token_grid(patch_size: int, height: int, width: int) -> tuple[int, int]:
   if height % patch_size or width % patch_size:
-    raise ValueError(
+    raise InputShapeError(
         f"Image size {height}x{width} is not a multiple of patch_size "
         f"{patch_size}; resize or crop the input (config.input.image_size) or "
         "pick another patch size.")
@@ -596,7 +597,7 @@ def _token_grid(patch_size: int, height: int, width: int) -> tuple[int, int]:
 
 def _check_attention_choice(which: Any) -> None:
   if which not in (False, True, "last", "all"):
-    raise ValueError(f"return_attention must be False, True/'last' or 'all', "
+    raise InputShapeError(f"return_attention must be False, True/'last' or 'all', "
                      f"got {which!r}.")
 
 
@@ -637,7 +638,7 @@ def adapt_posemb(path: str, value: np.ndarray,
   if (path.split("/")[-1] != "pos_embedding" or old is None or new is None
       or value.shape[0] != 1 or shape[0] != 1
       or value.shape[-1] != shape[-1]):
-    raise ValueError(
+    raise InputShapeError(
         f"Parameter {path!r} has shape {value.shape} in the checkpoint but "
         f"{shape} in this model, and only a position embedding of another "
         "grid ((1, gh, gw, D), or (1, N, D) for a square grid) can be "
@@ -668,11 +669,11 @@ def vit(*, bands: Sequence[Band], num_classes: int, variant: str = "B/16",
     The (unbound) ViT module.
   """
   if not bands:
-    raise ValueError("vit needs at least one band; check config.data.bands.")
+    raise InputShapeError("vit needs at least one band; check config.data.bands.")
   size, variant_patch = parse_variant(variant)
   patch = patch_size or variant_patch
   if not patch:
-    raise ValueError(f"variant {variant!r} names no patch size; write e.g. "
+    raise InputShapeError(f"variant {variant!r} names no patch size; write e.g. "
                      f"'{size}/16' or set patch_size.")
   v_width, v_depth, v_heads, v_mlp = SIZES[size]
   width = width or v_width

@@ -50,6 +50,7 @@ import numpy as np
 
 from eo_jax.data import bands as bands_lib
 from eo_jax.data.datasets.base import DatasetInfo
+from eo_jax.errors import ConfigError
 from eo_jax.models import build_model
 from eo_jax.models.backbone import TokenBackbone, require_token_backbone
 from eo_jax.registry import Registry
@@ -93,7 +94,7 @@ def objective_settings(section: str, given: Mapping[str, Any] | None,
   given = dict(given) if given is not None else {}
   unknown = sorted(set(given) - set(defaults))
   if unknown:
-    raise KeyError(f"Unknown config.{section} keys {unknown}; "
+    raise ConfigError(f"Unknown config.{section} keys {unknown}; "
                    f"known: {sorted(defaults)}.")
   return {**defaults, **given}
 
@@ -196,6 +197,11 @@ class Objective(abc.ABC):
     `prefixed_layer_id`)."""
     return prefixed_layer_id(self.backbones(), path)
 
+  def loss_note(self) -> str:
+    """How the training loss differs from the validation loss, for the loss
+    panel of curves.png ('' when they are the same quantity)."""
+    return ""
+
   def visualize(self, state: TrainState, batch: Mapping[str, Any], step: int,
                 split: str = "val") -> dict[str, Any]:
     """Pictures for a human from `split`'s first batch: {relative path: Figure}."""
@@ -229,7 +235,7 @@ class Objective(abc.ABC):
             "features": self.embed(state, batch["image"])}
       else:
         known = ["eval"] + (["embed"] if self.has_embed else [])
-        raise KeyError(f"objective {type(self).__name__} has no eval function "
+        raise ConfigError(f"objective {type(self).__name__} has no eval function "
                        f"{name!r}; it has {known}.")
     return self._eval_fns[name]
 

@@ -73,12 +73,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from eo_jax import schedules
 from eo_jax.data import block_masking
 from eo_jax.data import pipeline
 from eo_jax.data.datasets import build_dataset
 from eo_jax.data.datasets.base import DatasetInfo
 from eo_jax.data.multicrop import MultiCrop
 from eo_jax.data.spectral_augment import SpectralAugment
+from eo_jax.errors import ConfigValueError
+from eo_jax.models.common import l2_normalize
 from eo_jax.models.dino_head import DINOHead
 from eo_jax.objectives import centering
 from eo_jax.objectives.base import (OBJECTIVES, Objective, StepOutput,
@@ -86,9 +89,7 @@ from eo_jax.objectives.base import (OBJECTIVES, Objective, StepOutput,
                                     objective_settings, png_name, token_backbone)
 from eo_jax.objectives.dino_loss import cross_entropy, dino_cls_loss
 from eo_jax.objectives.ibot_loss import ibot_patch_loss
-from eo_jax.models.common import l2_normalize
 from eo_jax.objectives.koleo import koleo_loss
-from eo_jax import schedules
 
 #: `config.dino` keys and their defaults (DINOv2's ViT-L recipe, where it
 #: has one: Oquab et al. 2023, table 16, and its released training config).
@@ -181,10 +182,10 @@ def set_dinov2_optim(optim: ml_collections.ConfigDict) -> None:
 def _settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
   s = objective_settings("dino", config.get("dino", None), DEFAULTS)
   if s["centering"] not in CENTERINGS:
-    raise ValueError(f"config.dino.centering must be one of {CENTERINGS}, got "
+    raise ConfigValueError(f"config.dino.centering must be one of {CENTERINGS}, got "
                      f"{s['centering']!r}.")
   if s["embed_from"] not in ("teacher", "student"):
-    raise ValueError("config.dino.embed_from must be 'teacher' or 'student', "
+    raise ConfigValueError("config.dino.embed_from must be 'teacher' or 'student', "
                      f"got {s['embed_from']!r}.")
   return s
 
@@ -235,7 +236,7 @@ class DINO(Objective):
     self.patch_size = int(self.backbone.patch_size)
     for key in ("global_size", "local_size"):
       if int(s[key]) % self.patch_size:
-        raise ValueError(f"config.dino.{key}={s[key]} is not a multiple of the "
+        raise ConfigValueError(f"config.dino.{key}={s[key]} is not a multiple of the "
                          f"ViT's patch_size {self.patch_size}.")
     self.grid = (int(s["global_size"]) // self.patch_size,) * 2
     num_patches = self.grid[0] * self.grid[1]
@@ -331,7 +332,7 @@ class DINO(Objective):
                                         image, False))
     backbone = variables.pop("params")
     if variables:
-      raise ValueError(f"The DINO backbone has non-parameter collections "
+      raise ConfigValueError(f"The DINO backbone has non-parameter collections "
                        f"{sorted(variables)}; DINO needs a ViT without "
                        "BatchNorm (config.model.head_norm must be False).")
     dummy = jnp.zeros((1, int(self.backbone.width)), jnp.float32)

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+from eo_jax.errors import ConfigValueError
 
 
 def _smoothed_targets(labels: jax.Array, num_classes: int,
@@ -25,7 +26,7 @@ def _weight_of(labels: jax.Array, class_weights, num_classes: int) -> jax.Array:
   # batch-sharded indices trips sharding propagation inside jit.
   weights = jnp.asarray(class_weights, jnp.float32)
   if weights.shape != (num_classes,):
-    raise ValueError(f"config.loss.class_weights has {weights.shape[0]} entries "
+    raise ConfigValueError(f"config.loss.class_weights has {weights.shape[0]} entries "
                      f"but there are {num_classes} classes.")
   return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) @ weights
 
@@ -84,3 +85,22 @@ def classification_loss(logits: jax.Array, labels: jax.Array, loss_config,
                       class_weights=weights, ignore_index=ignore_index)
   return cross_entropy(logits, labels, label_smoothing=loss_config.label_smoothing,
                        class_weights=weights, ignore_index=ignore_index)
+
+
+def describe_loss(loss_config) -> str:
+  """What the training loss is when it is not the plain cross-entropy that
+  the supervised objective reports on validation data; '' when it is.
+
+  `loss_config` is `config.loss` (class_weights, label_smoothing,
+  focal_gamma).
+  """
+  kinds = []
+  if tuple(loss_config.class_weights):
+    kinds.append("class-weighted")
+  if loss_config.label_smoothing:
+    kinds.append(f"label-smoothed ({loss_config.label_smoothing:g})")
+  loss = (f"focal (gamma {loss_config.focal_gamma:g})"
+          if loss_config.focal_gamma > 0 else "CE")
+  if not kinds and loss == "CE":
+    return ""
+  return f"train: {' '.join(kinds + [loss])} (config.loss), val: plain CE"

@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from eo_jax.data.datasets.base import DatasetInfo
+from eo_jax.errors import ConfigValueError
 from eo_jax.models.mae_decoder import MAEDecoder, patchify, unpatchify
 from eo_jax.objectives import masking
 from eo_jax.objectives.base import (OBJECTIVES, Objective, StepOutput,
@@ -130,7 +131,7 @@ class MAE(Objective):
     self.patch_size = int(self.encoder.patch_size)
     s = self.settings
     if not 0.0 < float(s["mask_ratio"]) < 1.0:
-      raise ValueError(f"config.mae.mask_ratio must be in (0, 1), got "
+      raise ConfigValueError(f"config.mae.mask_ratio must be in (0, 1), got "
                        f"{s['mask_ratio']}.")
     self.decoder = MAEDecoder(
         patch_size=self.patch_size, num_bands=info.num_bands,
@@ -146,7 +147,7 @@ class MAE(Objective):
     _, h, w, _ = image.shape
     p = self.patch_size
     if h % p or w % p:
-      raise ValueError(f"Image size {h}x{w} is not a multiple of the ViT's "
+      raise ConfigValueError(f"Image size {h}x{w} is not a multiple of the ViT's "
                        f"patch_size {p}; set config.input.image_size.")
     return h // p, w // p
 
@@ -187,7 +188,7 @@ class MAE(Objective):
                                       image, False, keep_indices=m.keep_indices))
     enc_params = enc_vars.pop("params")
     if enc_vars:
-      raise ValueError(f"The MAE encoder has non-parameter collections "
+      raise ConfigValueError(f"The MAE encoder has non-parameter collections "
                        f"{sorted(enc_vars)}; objective 'mae' supports "
                        "encoders whose only variables are 'params'.")
     _, features = self.encoder.apply({"params": enc_params}, image, False,

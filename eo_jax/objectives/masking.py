@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from eo_jax.errors import ConfigValueError
 
 
 class RandomMask(NamedTuple):
@@ -38,12 +39,12 @@ class RandomMask(NamedTuple):
 def num_visible(num_patches: int, mask_ratio: float) -> int:
   """K = round(N * (1 - mask_ratio)) (halves round up), checked to be in [1, N)."""
   if not 0.0 < mask_ratio < 1.0:
-    raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}; set "
+    raise ConfigValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}; set "
                      "config.mae.mask_ratio.")
   # floor(x + 0.5): Python's round() would send 0.5 to 0 (banker's rounding).
   keep = int(math.floor(num_patches * (1.0 - mask_ratio) + 0.5))
   if not 1 <= keep < num_patches:
-    raise ValueError(
+    raise ConfigValueError(
         f"mask_ratio {mask_ratio} keeps {keep} of {num_patches} patches; at "
         "least one patch must stay visible and one be masked. Change "
         "config.mae.mask_ratio or the image / patch size.")

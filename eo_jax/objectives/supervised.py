@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eo_jax.data.datasets.base import CLASSIFICATION, DatasetInfo
+from eo_jax.errors import ConfigValueError
 from eo_jax.models import build_model
 from eo_jax.objectives import losses
 from eo_jax.objectives.base import (OBJECTIVES, Objective, StepOutput,
@@ -59,11 +60,11 @@ class Supervised(Objective):
                run_length: tuple[int, int] | None = None):
     super().__init__(config, info, run_length)
     if info.task != CLASSIFICATION:
-      raise ValueError(
+      raise ConfigValueError(
           f"objective 'supervised' classifies images, but dataset {info.name!r} "
           f"is a {info.task} dataset. Pick another objective or dataset.")
     if info.num_classes < 2:
-      raise ValueError(f"Dataset {info.name!r} declares {info.num_classes} classes; "
+      raise ConfigValueError(f"Dataset {info.name!r} declares {info.num_classes} classes; "
                        "classification needs at least 2.")
     self.model = build_model(config.model, bands=info.bands,
                              num_classes=info.num_classes)
@@ -104,6 +105,9 @@ class Supervised(Objective):
 
   def backbones(self) -> dict[str, Any]:
     return {"": self.model}
+
+  def loss_note(self) -> str:
+    return losses.describe_loss(self.config.loss)
 
   def visualize(self, state: TrainState, batch: Mapping[str, Any], step: int,
                 split: str = "val") -> dict[str, Any]:

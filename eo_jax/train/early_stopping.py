@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any, Mapping, Sequence
+from eo_jax.errors import ConfigError, ConfigValueError
 
 
 @dataclasses.dataclass
@@ -38,11 +39,11 @@ class EarlyStopping:
     default_prefix = "val" if "val" in prefixes or not prefixes else prefixes[0]
     metric = config.metric or f"{default_prefix}/{main_metric}"
     if "/" not in metric:
-      raise ValueError(f"config.train.early_stopping.metric={metric!r} must name "
+      raise ConfigValueError(f"config.train.early_stopping.metric={metric!r} must name "
                        "an evaluator prefix and a metric, e.g. 'val/loss' or "
                        "'val/macro_f1'.")
     if config.metric and metric.split("/", 1)[0] not in prefixes:
-      raise ValueError(
+      raise ConfigValueError(
           f"config.train.early_stopping.metric={metric!r}: no evaluator with "
           f"prefix {metric.split('/', 1)[0]!r} runs during training (those "
           f"that do: {list(prefixes)}); see config.evals.")
@@ -50,7 +51,7 @@ class EarlyStopping:
     if mode == "auto":
       mode = "min" if metric.split("/", 1)[1].endswith("loss") else "max"
     if mode not in ("min", "max"):
-      raise ValueError(f"early_stopping.mode must be min, max or auto, not {mode!r}.")
+      raise ConfigValueError(f"early_stopping.mode must be min, max or auto, not {mode!r}.")
     return cls(metric=metric, mode=mode, min_delta=float(config.min_delta),
                patience=int(config.patience), enabled=bool(config.metric))
 
@@ -68,7 +69,7 @@ class EarlyStopping:
     if split != wanted_split:
       return False
     if name not in results:
-      raise KeyError(f"Early-stopping metric {self.metric!r} is not computed; "
+      raise ConfigError(f"Early-stopping metric {self.metric!r} is not computed; "
                      f"{split} has {sorted(results)}.")
     value = float(results[name])
     sign = 1.0 if self.mode == "max" else -1.0

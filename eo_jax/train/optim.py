@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from eo_jax import schedules
+from eo_jax.errors import ConfigValueError
 
 PyTree = Any
 Schedule = Callable[[Any], jax.Array]
@@ -87,21 +88,21 @@ def make_schedule(optim_config: Any, *, steps_per_epoch: int,
   """
   name = optim_config.schedule
   if name not in SCHEDULES:
-    raise ValueError(f"Unknown learning-rate schedule {name!r}; set "
+    raise ConfigValueError(f"Unknown learning-rate schedule {name!r}; set "
                      f"config.optim.schedule to one of {list(SCHEDULES)}.")
   if steps_per_epoch <= 0:
-    raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}.")
+    raise ConfigValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}.")
   if total_steps <= 0:
-    raise ValueError(f"total_steps must be positive, got {total_steps}.")
+    raise ConfigValueError(f"total_steps must be positive, got {total_steps}.")
   lr = float(optim_config.lr)
   end_lr = lr * float(optim_config.end_lr_factor)
   warmup_steps = float(optim_config.warmup_epochs) * steps_per_epoch
   if warmup_steps < 0:
-    raise ValueError("config.optim.warmup_epochs must be >= 0, got "
+    raise ConfigValueError("config.optim.warmup_epochs must be >= 0, got "
                      f"{optim_config.warmup_epochs}.")
   decay_steps = total_steps - warmup_steps
   if name in ("cosine", "polynomial") and decay_steps <= 0:
-    raise ValueError(
+    raise ConfigValueError(
         f"The {name} schedule has no steps left after the warmup: warmup is "
         f"{warmup_steps:g} steps ({optim_config.warmup_epochs} epochs) and "
         f"training {total_steps} steps. Lower config.optim.warmup_epochs.")
@@ -110,7 +111,7 @@ def make_schedule(optim_config: Any, *, steps_per_epoch: int,
   factor = float(optim_config.step_factor)
   every = float(optim_config.step_every_epochs) * steps_per_epoch
   if name == "step" and every <= 0:
-    raise ValueError("config.optim.step_every_epochs must be positive, got "
+    raise ConfigValueError("config.optim.step_every_epochs must be positive, got "
                      f"{optim_config.step_every_epochs}.")
   # Integer division where the period is a whole number of steps, so that
   # float rounding cannot move a boundary by one step.
@@ -157,10 +158,10 @@ def _check_patterns(entries: Sequence[str], paths: list[str], what: str) -> None
     try:
       regex = re.compile(pattern)
     except re.error as e:
-      raise ValueError(f"config.optim.{what}: bad regex {pattern!r}: {e}.") from None
+      raise ConfigValueError(f"config.optim.{what}: bad regex {pattern!r}: {e}.") from None
     if not any(regex.search(p) for p in paths):
       shown = paths if len(paths) <= 20 else paths[:20] + ["..."]
-      raise ValueError(
+      raise ConfigValueError(
           f"config.optim.{what}: regex {pattern!r} matches no parameter. "
           f"Parameter paths look like {shown}.")
 
@@ -170,12 +171,12 @@ def _parse_groups(groups: Any) -> list[tuple[str, float]]:
   for entry in groups or ():
     if (not isinstance(entry, (tuple, list)) or len(entry) != 2
         or not isinstance(entry[0], str)):
-      raise ValueError(
+      raise ConfigValueError(
           "config.optim.groups must be a tuple of (regex, lr_multiplier) "
           f"pairs, e.g. (('^head/', 10.0),); got the entry {entry!r}.")
     multiplier = float(entry[1])
     if multiplier < 0:
-      raise ValueError(f"config.optim.groups: negative lr multiplier for "
+      raise ConfigValueError(f"config.optim.groups: negative lr multiplier for "
                        f"{entry[0]!r}: {multiplier}.")
     out.append((entry[0], multiplier))
   return out
@@ -195,7 +196,7 @@ def lr_multipliers(optim_config: Any, params: PyTree,
   groups = _parse_groups(optim_config.groups)
   frozen = tuple(optim_config.frozen or ())
   if isinstance(frozen, str):
-    raise ValueError("config.optim.frozen must be a tuple of regexes, e.g. "
+    raise ConfigValueError("config.optim.frozen must be a tuple of regexes, e.g. "
                      f"('^head/',), not the string {frozen!r}.")
   _check_patterns([g for g, _ in groups], flat_paths, "groups")
   _check_patterns(frozen, flat_paths, "frozen")
@@ -204,13 +205,13 @@ def lr_multipliers(optim_config: Any, params: PyTree,
   layer_ids = None
   if layer_decay > 0:
     if layer_id_fn is None:
-      raise ValueError(
+      raise ConfigValueError(
           f"config.optim.layer_decay={layer_decay} needs a model that assigns "
           "layers to parameters (a layer_id_fn); this model has none. Set "
           "config.optim.layer_decay=0.")
     layer_ids = {p: int(layer_id_fn(p)) for p in flat_paths}
     if min(layer_ids.values()) < 0:
-      raise ValueError("layer_id_fn returned a negative layer id.")
+      raise ConfigValueError("layer_id_fn returned a negative layer id.")
     num_layers = max(layer_ids.values())
 
   def multiplier(path: str) -> float:
@@ -247,7 +248,7 @@ def _weight_decay(c: Any, total_steps: int) -> float | Schedule:
   if end is None:
     return wd
   if float(end) < 0 or wd < 0:
-    raise ValueError(f"config.optim.weight_decay ({wd}) and weight_decay_end "
+    raise ConfigValueError(f"config.optim.weight_decay ({wd}) and weight_decay_end "
                      f"({end}) must be >= 0.")
   return schedules.cosine(wd, float(end), total_steps)
 
@@ -270,7 +271,7 @@ def _base_scaling(c: Any, total_steps: int) -> list[optax.GradientTransformation
   if c.name == "adadelta":
     return ([decay] if decay else []) + [
         optax.scale_by_adadelta(rho=float(c.rho), eps=float(c.eps))]
-  raise ValueError(f"Unknown optimiser {c.name!r}; set config.optim.name to "
+  raise ConfigValueError(f"Unknown optimiser {c.name!r}; set config.optim.name to "
                    f"one of {list(OPTIMIZERS)}.")
 
 
@@ -298,7 +299,7 @@ def make_optimizer(
     `(tx, lr_fn)`: the transformation and the base schedule `lr_fn(step)`.
   """
   if optim_config.name not in OPTIMIZERS:
-    raise ValueError(f"Unknown optimiser {optim_config.name!r}; set "
+    raise ConfigValueError(f"Unknown optimiser {optim_config.name!r}; set "
                      f"config.optim.name to one of {list(OPTIMIZERS)}.")
   schedule = make_schedule(optim_config, steps_per_epoch=steps_per_epoch,
                            total_steps=total_steps)

@@ -19,27 +19,31 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 
 from eo_jax import sharding
 from eo_jax.data import bands as bands_lib
 from eo_jax.data import pipeline
 from eo_jax.data.datasets import build_dataset
 from eo_jax.data.datasets.base import Dataset, DatasetInfo
+from eo_jax.errors import CheckpointError, TrainingInterrupted, UserError
 from eo_jax.evaluate import EvalContext, Evaluator, build_evaluators
 from eo_jax.evaluate.runner import EvalRunner, save_figures
 from eo_jax.objectives import OBJECTIVES
 from eo_jax.objectives.base import Objective, TrainState
-from eo_jax.train.checkpoint import Checkpointer, iterator_state_from_json
+from eo_jax.train.checkpoint import (Checkpointer, config_differences,
+                                     iterator_state_from_json,
+                                     restore_newest_good)
 from eo_jax.train.early_stopping import EarlyStopping
-from eo_jax.train.reporting import Reporter
+from eo_jax.train.interrupt import InterruptGuard
+from eo_jax.train.reporting import Reporter, last_logged_step, make_writer
 from eo_jax.train.state import create_train_state
 from eo_jax.train.steps import make_train_step
+from eo_jax.train.workdir_lock import WorkdirLock
 
 Hook = Callable[[int, TrainState], None]
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
   """The loss became NaN or infinite; the workdir keeps the last good checkpoint."""
 
 
@@ -63,16 +67,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Returns the final evaluation results (also written to workdir/results.json).
   `hooks` are called after every train step with (step, state); tests use
-  them to simulate crashes.
+  them to simulate crashes. One run at a time may use a workdir (a lock the
+  OS releases if the process dies); Ctrl-C saves a checkpoint and raises
+  `TrainingInterrupted`.
   """
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+  try:
+    with InterruptGuard() as interrupt:
+      return _train_and_evaluate(config, workdir, hooks, interrupt)
+  finally:
+    if lock:
+      lock.release()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        hooks: Sequence[Hook], interrupt: InterruptGuard
+                        ) -> dict[str, Any]:
   is_main = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_main, asynchronous=False)
+  logged_before = last_logged_step(workdir) if is_main else None
+  writer = make_writer(workdir, is_main=is_main)
 
   # ------------------------------------------------------ Data, objective
-  dataset = build_dataset(config.data)
+  # Every file of every split is read once before the first step: a bad one
+  # stops the run now, named, not at the final evaluation.
+  dataset = build_dataset(config.data, validate=config.train.validate_data)
   info = dataset.info
   mesh = sharding.make_mesh()
   sharding.local_batch_size(config.input.batch_size)  # divides over devices?
@@ -103,25 +123,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --------------------------------------------------------------- Resume
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                               keep=config.train.keep_checkpoints)
-  reporter = Reporter(workdir, info, writer=writer, is_main=is_main)
+  reporter = Reporter(workdir, info, writer=writer, is_main=is_main,
+                      loss_note=objective.loss_note())
   stopper = EarlyStopping.from_config(config.train.early_stopping, objective.main_metric,
                                       _periodic_prefixes(evaluators))
-  if checkpointer.latest_step() is not None:
-    check_compatible(checkpointer.restore_meta(), info, workdir)
-    state, iterator_state, meta = checkpointer.restore(state)
+  pending_metrics: list[dict[str, Any]] = []
+  restored = restore_newest_good(
+      checkpointer, state, lambda step, meta: check_compatible(meta, info, workdir),
+      config)
+  if restored is not None:
+    state, iterator_state, meta = restored
     train_iter.set_state(iterator_state_from_json(iterator_state))
     reporter.load(meta["history"])
     stopper.load(meta["early_stopping"])
+    # Train metrics logged after the checkpoint's step average these too.
+    # float32, as the device's values are, so the average is the same.
+    pending_metrics = [{k: np.float32(v) for k, v in m.items()}
+                       for m in meta.get("pending_metrics", [])]
+    differences = config_differences(meta["config"], config)
+    if differences:
+      logging.warning("Resuming with a config that differs from the run's: %s.",
+                      "; ".join(differences[:8]))
+    reporter.skip_logged_steps(logged_before)
     logging.info("Resumed from step %d of %s.", int(state.step), checkpointer.directory)
   start_step = int(state.step)
   # With early stopping on, the best evaluation's state is kept apart and is
-  # the one evaluated by the final evaluators.
-  best_checkpointer = (Checkpointer(os.path.join(workdir, "checkpoints_best"), keep=1)
-                       if stopper.enabled else None)
+  # the one the final evaluators report. It is saved after the regular
+  # checkpoint of its step, and a best state newer than the restored one is
+  # dropped (it will be reached again), so the two never disagree.
+  best_checkpointer = None
+  if stopper.enabled:
+    best_checkpointer = Checkpointer(os.path.join(workdir, "checkpoints_best"), keep=2)
+    for step in best_checkpointer.all_steps():
+      if step > start_step:
+        best_checkpointer.delete(step)
+    if (stopper.best_step == start_step and start_step > 0
+        and start_step not in best_checkpointer.all_steps()):
+      best_checkpointer.save(start_step, state, train_iter.get_state(),
+                             {"early_stopping": stopper.dump()})
 
   def save(state: TrainState) -> None:
     meta = {"config": config.to_json_best_effort(), "info": info.to_dict(),
-            "history": reporter.dump(), "early_stopping": stopper.dump()}
+            "history": reporter.dump(), "early_stopping": stopper.dump(),
+            "pending_metrics": [{k: float(v) for k, v in jax.device_get(m).items()}
+                                for m in pending_metrics]}
     checkpointer.save(int(state.step), state, train_iter.get_state(), meta)
 
   def evaluate(state: TrainState, chosen: list[Evaluator], *, final: bool = False
@@ -138,12 +183,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt_every = (config.train.checkpoint_every_steps or config.train.eval_every_steps
                 or steps_per_epoch)
   pending_losses: list[tuple[int, jax.Array, jax.Array]] = []
-  pending_metrics: list[dict[str, jax.Array]] = []
   progress = reporter.progress(total_steps, start_step,
                                enabled=config.train.progress_bar)
+  has_checkpoint = lambda: checkpointer.latest_step() is not None
+  if start_step < total_steps:
+    devices = jax.device_count()
+    reporter.compiling(f"the {config.objective} train step ({config.model.name}) "
+                       f"for {devices} device{'s' if devices > 1 else ''}")
   tick = time.perf_counter()
   step = start_step
   while step < total_steps and not stopper.should_stop:
+    if interrupt.requested:
+      _raise_if_not_finite(pending_losses, has_checkpoint())
+      save(state)
+      raise TrainingInterrupted(
+          f"Interrupted at step {step} of {total_steps}; the checkpoint is in "
+          f"{checkpointer.directory}. Run the same command to resume.")
     batch = sharding.to_global(next(train_iter), mesh)
     state, (metrics, finite) = train_step(state, batch)
     step += 1
@@ -155,7 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     is_last = step == total_steps
     if step % config.train.log_every_steps == 0 or is_last:
-      _raise_if_not_finite(pending_losses)
+      _raise_if_not_finite(pending_losses, has_checkpoint())
       mean = {f"train/{k}": float(np.mean([jax.device_get(m[k]) for m in pending_metrics]))
               for k in pending_metrics[0]}
       now = time.perf_counter()
@@ -166,32 +221,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       progress.set_postfix(loss=f"{mean['train/loss']:.4f}")
       pending_metrics = []
 
+    new_best = False
     due = [e for e in evaluators if e.due(step, total_steps)]
     if due:
-      _raise_if_not_finite(pending_losses)
-      for prefix, result in evaluate(state, due).items():
-        if stopper.update(step, prefix, result) and best_checkpointer:
-          logging.info("New best %s = %s at step %d.", stopper.metric,
-                       stopper.best, step)
-          best_checkpointer.save(step, state, train_iter.get_state(),
-                                 {"early_stopping": stopper.dump()})
-      reporter.plot()
+      _raise_if_not_finite(pending_losses, has_checkpoint())
+      with reporter.paused():  # evaluations are not in the rate or the ETA
+        evaluated = evaluate(state, due)
+        for prefix, result in evaluated.items():
+          new_best = stopper.update(step, prefix, result) or new_best
+        reporter.eval_line(step, evaluated, note=(
+            f"new best {stopper.metric}" if new_best and stopper.enabled else ""))
+        reporter.plot(best_step=stopper.best_step if stopper.enabled else None,
+                      best_metric=stopper.metric)
       if stopper.should_stop:
         logging.info("Early stopping at step %d: %s has not improved by %g for "
                      "%d evaluations (best %s at step %d).", step, stopper.metric,
                      stopper.min_delta, stopper.patience, stopper.best, stopper.best_step)
 
     if step % ckpt_every == 0 or is_last or stopper.should_stop:
-      _raise_if_not_finite(pending_losses)
+      _raise_if_not_finite(pending_losses, has_checkpoint())
       save(state)
+    if new_best and best_checkpointer:
+      best_checkpointer.save(step, state, train_iter.get_state(),
+                             {"early_stopping": stopper.dump()})
   progress.close()
   if int(state.step) > start_step and checkpointer.latest_step() != int(state.step):
     save(state)
 
   # ----------------------------------------------------- Final evaluation
   results: dict[str, Any] = {"step": int(state.step), "dataset": info.name}
-  if best_checkpointer and best_checkpointer.latest_step() is not None:
-    state, _, _ = best_checkpointer.restore(state)
+  if best_checkpointer and stopper.best_step in best_checkpointer.all_steps():
+    state, _, _ = best_checkpointer.restore(state, stopper.best_step)
     results["evaluated_step"] = int(state.step)
     results["early_stopping"] = stopper.dump() | {"metric": stopper.metric}
     logging.info("Final evaluation of the best state (step %d).", int(state.step))
@@ -205,10 +265,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   final = evaluate(state, [e for e in evaluators if e.final], final=True)
   for prefix, metrics in final.items():
     results[prefix] = {k: v for k, v in metrics.items() if np.ndim(v) == 0}
-  reporter.plot(force=True)
+  reporter.plot(force=True, best_step=stopper.best_step if stopper.enabled else None,
+                best_metric=stopper.metric, step=int(state.step))
   if is_main:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(_to_builtin(results), f, indent=2)
+    _write_json_atomically(os.path.join(workdir, "results.json"), results)
+    reporter.summary(results)
   writer.flush()
   checkpointer.close()
   return results
@@ -236,28 +297,44 @@ def _periodic_prefixes(evaluators: Sequence[Evaluator]) -> list[str]:
   return list(dict.fromkeys(e.prefix for e in evaluators if e.every_steps >= 0))
 
 
-def _raise_if_not_finite(pending: list[tuple[int, jax.Array, jax.Array]]) -> None:
+def _raise_if_not_finite(pending: list[tuple[int, jax.Array, jax.Array]],
+                         has_checkpoint: bool) -> None:
   values = jax.device_get([(loss, finite) for _, loss, finite in pending])
   for (step, _, _), (loss, finite) in zip(pending, values):
     if not finite:
       pending.clear()
       what = "loss" if not np.isfinite(loss) else "updated parameters"
+      kept = ("the last good checkpoint is intact" if has_checkpoint else
+              "no checkpoint had been written yet")
       raise NonFiniteLossError(
           f"Training diverged at step {step}: the {what} became NaN or infinite "
-          f"(loss {float(loss)}). Training stopped "
-          "before saving this state; the last good checkpoint is intact. Lower "
-          "--config.optim.lr, set --config.optim.grad_clip_norm, or check the "
-          "input data for NaN values.")
+          f"(loss {float(loss)}). Training stopped before saving this state; "
+          f"{kept}. Lower --config.optim.lr, set --config.optim.grad_clip_norm, "
+          "or check the input data for NaN values.")
   pending.clear()
+
+
+def _write_json_atomically(path: str, tree: Any) -> None:
+  """A crash or power loss mid-write leaves the previous file, never half a file."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(_to_builtin(tree), f, indent=2)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def check_compatible(meta: dict, info: DatasetInfo, workdir: str) -> None:
   """A checkpoint's data (bands, classes) must be the run's."""
   saved = DatasetInfo.from_dict(meta["info"])
-  bands_lib.check_same(saved.bands, info.bands,
-                       f"The checkpoint in {workdir} was trained on other data")
+  try:
+    bands_lib.check_same(saved.bands, info.bands,
+                         f"The checkpoint in {workdir} was trained on other data")
+  except ValueError as e:
+    raise CheckpointError(f"{e} Use a new --workdir, or config.init_from to "
+                          "start from that run.") from None
   if saved.class_names != info.class_names:
-    raise ValueError(
+    raise CheckpointError(
         f"The checkpoint in {workdir} was trained with classes "
         f"{list(saved.class_names)}, the data now has {list(info.class_names)}. "
         "Use a new --workdir, or config.init_from to start from that run.")

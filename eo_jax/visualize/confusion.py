@@ -2,20 +2,41 @@
 
 Row normalisation shows recall per class independently of class frequency,
 which matters for imbalanced EO datasets; the counts keep the absolute sizes
-visible. `plot_confusion_matrix` returns the figure; save it with
-`figures.save_figure`.
+visible. The title says what the matrix is of: the run, the split (the
+evaluator's prefix), the step and the headline metrics, so a PNG found in a
+workdir explains itself. `plot_confusion_matrix` returns the figure; save it
+with `figures.save_figure`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
 
+# Metrics named in the title, in this order, the first two present; with
+# the names a reader knows them by.
+TITLE_METRICS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "miou": "mIoU",
+                 "overall_acc": "overall accuracy", "mean_acc": "mean class accuracy"}
+
+
+def confusion_title(*, run: str = "", split: str = "", step: int | None = None,
+                    metrics: Mapping[str, Any] | None = None) -> str:
+  """'eurosat: val, step 780' over 'accuracy 0.753, macro-F1 0.436'."""
+  where = ", ".join(part for part in (split, "" if step is None else f"step {step}")
+                    if part)
+  first = ": ".join(part for part in (run, where) if part)
+  shown = [f"{label} {float(metrics[key]):.3f}"
+           for key, label in TITLE_METRICS.items()
+           if metrics and key in metrics][:2]
+  return "\n".join(line for line in (first, ", ".join(shown)) if line)
+
+
 def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], *,
-                          normalize: bool = True,
-                          title: str | None = None) -> Figure:
+                          normalize: bool = True, title: str | None = None,
+                          run: str = "", split: str = "", step: int | None = None,
+                          metrics: Mapping[str, Any] | None = None) -> Figure:
   """Draws `cm` (rows = true class, columns = predicted class).
 
   Args:
@@ -24,7 +45,13 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], *,
     normalize: colour each cell by its share of the row (recall); otherwise
       by the raw count. Cells always show counts, plus the row share when
       normalising and K <= 15.
-    title: figure title.
+    title: the title as given; by default it is made of `run`, `split`,
+      `step` and `metrics` (see `confusion_title`).
+    run: the run or dataset name.
+    split: the split, or the evaluator prefix, the matrix counts.
+    step: the training step of the evaluated state.
+    metrics: the evaluation's scalars; accuracy and macro-F1 (classification)
+      or mIoU and overall accuracy (segmentation) go into the title.
 
   Returns:
     The figure, (side + 1) x side inches with side = 0.55 * K + 2.5
@@ -58,6 +85,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], *,
   ax.set_yticks(ticks, labels=list(class_names))
   ax.set_xlabel("predicted")
   ax.set_ylabel("true")
+  title = title or confusion_title(run=run, split=split, step=step, metrics=metrics)
   if title:
     ax.set_title(title)
 

@@ -152,7 +152,7 @@ MUTANTS = (
            "eo_jax/evaluate/probes.py",
            "k=self.k, temperature=self.temperature)",
            "k=self.k, temperature=1.0)",
-           ("tests/train/test_trainer.py",)),
+           ("tests/evaluate/test_probes.py", "tests/train/test_trainer.py")),
     Mutant("second_process_reads_a_shifted_training_batch",
            "eo_jax/data/pipeline.py",
            "first = step * self._global_batch + process * self._local",

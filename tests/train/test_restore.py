@@ -12,10 +12,12 @@ from tiny import Crash, checkpoint_variables, crash_at, direct_outputs, tiny_con
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-  """A tiny run with early stopping: its final numbers are the best state's."""
+  """A tiny run with early stopping whose best state is its first evaluated
+  one (no later evaluation improves accuracy by 2), not its last."""
   workdir = tmp_path_factory.mktemp("finished")
   config = tiny_config(**{"train.steps": 12, "train.eval_every_steps": 4,
-                          "train.early_stopping.metric": "val/loss",
+                          "train.early_stopping.metric": "val/accuracy",
+                          "train.early_stopping.min_delta": 2.0,
                           "train.early_stopping.patience": 10})
   results = trainer.train_and_evaluate(config, str(workdir))
   return workdir, config, results
@@ -25,7 +27,7 @@ def test_evaluate_equals_results_json_of_a_finished_run(finished):
   workdir, _, results = finished
   saved = json.loads((workdir / "results.json").read_text())
   run = eo_jax.restore_run(str(workdir))
-  assert run.step == saved["evaluated_step"]
+  assert run.step == saved["evaluated_step"] == 4 and saved["step"] == 12
   for name in ("test", "val"):
     got = run.evaluate(name)
     for key, value in saved[name].items():

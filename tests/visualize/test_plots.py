@@ -51,6 +51,39 @@ def test_plot_curves_draws_a_grid(tmp_path):
     curves.plot_curves({})
 
 
+def _best_lines(ax):
+  return [line for line in ax.get_lines() if line.get_gid() == curves.BEST_STEP_GID]
+
+
+def test_plot_curves_marks_the_best_step_and_notes_the_loss():
+  history = {"train/loss": [(s, 2.0 / (s + 1)) for s in range(0, 100, 10)],
+             "val/loss": [(s, 1.0 / (s + 1)) for s in range(0, 100, 20)],
+             "val/macro_f1": [(s, 0.3 + s / 1000) for s in range(0, 100, 20)],
+             "train/lr": [(s, 0.1) for s in range(0, 100, 10)]}
+  note = "train: class-weighted CE (config.loss), val: plain CE"
+  fig = curves.plot_curves(history, best_step=60, best_metric="val/macro_f1",
+                           notes={"loss": note})
+  panels = {ax.get_title().split("\n")[0]: ax for ax in fig.axes if ax.get_visible()}
+  assert set(panels) == {"loss", "macro_f1", "lr"}
+  # A dashed vertical line at the best step in every panel ...
+  for ax in panels.values():
+    (line,) = _best_lines(ax)
+    assert list(line.get_xdata()) == [60, 60] and line.get_linestyle() == "--"
+  # ... named in the legend and annotated with its value on the metric's panel only.
+  legends = {name: [t.get_text() for t in ax.get_legend().get_texts()]
+             for name, ax in panels.items()}
+  assert "best val/macro_f1 (step 60)" in legends["macro_f1"]
+  assert not any("best" in text for text in legends["loss"] + legends["lr"])
+  assert [t.get_text() for t in panels["macro_f1"].texts] == ["0.360"]
+  assert not panels["loss"].texts
+  # The loss panel says its splits are different quantities; the others do not.
+  assert note in " ".join(panels["loss"].get_title().split())
+  assert panels["macro_f1"].get_title() == "macro_f1"
+  # Without a best step nothing is marked.
+  plain = curves.plot_curves(history, metrics=["loss"])
+  assert not _best_lines(plain.axes[0])
+
+
 # --- Confusion matrix -------------------------------------------------------
 
 
@@ -69,6 +102,24 @@ def test_plot_confusion_matrix(tmp_path):
   assert w_big > w
   with pytest.raises(ValueError, match="class names"):
     confusion.plot_confusion_matrix(cm, names[:2])
+
+
+def test_confusion_title_names_run_split_step_and_metrics():
+  cm = np.array([[50, 2], [3, 40]])
+  fig = confusion.plot_confusion_matrix(
+      cm, ["forest", "grassland"], run="eolearn_sample", split="val", step=780,
+      metrics={"accuracy": 0.7531, "macro_f1": 0.4362, "loss": 0.7, "map": 0.5})
+  assert fig.axes[0].get_title() == ("eolearn_sample: val, step 780\n"
+                                     "accuracy 0.753, macro-F1 0.436")
+  # Segmentation: mIoU first.
+  seg = confusion.confusion_title(run="s2", split="test", step=5,
+                                  metrics={"miou": 0.41, "overall_acc": 0.8,
+                                           "mean_acc": 0.5})
+  assert seg == "s2: test, step 5\nmIoU 0.410, overall accuracy 0.800"
+  # A given title wins; nothing given, no title.
+  titled = confusion.plot_confusion_matrix(cm, ["a", "b"], title="mine", split="val")
+  assert titled.axes[0].get_title() == "mine"
+  assert confusion.plot_confusion_matrix(cm, ["a", "b"]).axes[0].get_title() == ""
 
 
 # --- Segmentation maps ------------------------------------------------------

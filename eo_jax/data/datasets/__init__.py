@@ -2,18 +2,23 @@
 
 `build_dataset(config.data)` calls the factory registered as
 `config.data.name` with every other field of `config.data` as a keyword
-argument, selects bands by name (`config.data.bands`: a tuple of names, or
-None / () for all), and fills each band's mean and std from the TRAIN split
-(exact, float64, computed once per process for the same config).
+argument, selects bands by name (`config.data.bands`: a tuple of names, a
+'B04,B03' string, or None / () for all), and fills each band's mean and std
+from the TRAIN split (exact, float64, computed once per process for the same
+config). The dataset's `config_key` records that config, so that
+`eo_jax.data.validate.validate_dataset` reads it once per process too.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
+import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from eo_jax import errors
 from eo_jax.data import bands as bands_lib
 from eo_jax.data import stats as stats_lib
 from eo_jax.data.datasets import eolearn as _eolearn  # noqa: F401  (registers)
@@ -22,11 +27,13 @@ from eo_jax.data.datasets import s2_scene as _s2_scene  # noqa: F401  (registers
 from eo_jax.data.datasets import synthetic as _synthetic  # noqa: F401  (registers)
 from eo_jax.data.datasets import tiny_imagenet as _tiny_imagenet  # noqa: F401  (registers)
 from eo_jax.data.datasets import whu_ohs as _whu_ohs  # noqa: F401  (registers)
-from eo_jax.data.datasets.base import (DATASETS, Dataset, DatasetInfo,
-                                       MissingDataError, Source)
+from eo_jax.data.datasets.base import (DATASETS, DataError, Dataset,
+                                       DatasetInfo, MissingDataError, Source,
+                                       describe_example)
 
-__all__ = ["DATASETS", "Dataset", "DatasetInfo", "MissingDataError",
-           "build_dataset", "clear_stats_cache", "select_bands"]
+__all__ = ["DATASETS", "DataError", "Dataset", "DatasetInfo",
+           "MissingDataError", "build_dataset", "clear_stats_cache",
+           "select_bands"]
 
 _STATS_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -43,6 +50,10 @@ class BandSelectedSource:
 
   def __repr__(self) -> str:
     return f"BandSelected({self._source!r}, {self._channels.tolist()})"
+
+  def describe(self, index: int) -> str:
+    """Where the wrapped source's example `index` comes from."""
+    return describe_example(self._source, index)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     example = dict(self._source[index])
@@ -90,10 +101,24 @@ def _check_kwargs(name: str, factory: Any, kwargs: Mapping[str, Any]) -> None:
     return
   unknown = sorted(set(kwargs) - set(params))
   if unknown:
-    raise TypeError(
-        f"config.data for dataset {name!r} has unknown field(s) {unknown}; "
-        f"{name!r} takes {sorted(params)} (plus `bands`). Remove or rename the "
-        "field.")
+    # Config overrides may add any data.* field (config.set_dotted); this is
+    # where a misspelt one is caught, so say what was probably meant.
+    guesses = [f"{m[0]!r} for {u!r}" for u in unknown
+               for m in [difflib.get_close_matches(u, list(params), n=1)] if m]
+    hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+    raise errors.ConfigTypeError(
+        f"config.data for dataset {name!r} has unknown field(s) {unknown}"
+        f"{hint}; {name!r} takes {sorted(params)} (plus `bands`). Remove or "
+        "rename the field.")
+
+
+def _band_names(wanted: Any) -> Any:
+  """`config.data.bands` as a tuple of names: a command-line override gives
+  'B04,B03' (or 'B04+B03', as configs/eurosat.py's argument) as one string,
+  which would otherwise be taken letter by letter."""
+  if isinstance(wanted, str):
+    return tuple(n.strip() for n in re.split(r"[,+]", wanted) if n.strip())
+  return wanted
 
 
 def clear_stats_cache() -> None:
@@ -101,7 +126,8 @@ def clear_stats_cache() -> None:
   _STATS_CACHE.clear()
 
 
-def build_dataset(data_config: Any, *, with_stats: bool = True) -> Dataset:
+def build_dataset(data_config: Any, *, with_stats: bool = True,
+                  validate: bool = False) -> Dataset:
   """Builds `config.data.name` with band selection and train-split statistics.
 
   Args:
@@ -109,12 +135,21 @@ def build_dataset(data_config: Any, *, with_stats: bool = True) -> Dataset:
       factory's keyword arguments; `bands` (names) may select bands.
     with_stats: fill band mean/std from the train split (skipped for bands
       that already carry statistics from the factory).
+    validate: first read and check every example of every split
+      (`eo_jax.data.validate.validate_dataset`, once per process and
+      config), so that a bad file fails here, as one `DataError` naming
+      all of them, rather than mid-run.
 
   Returns:
     The Dataset; `info.bands` carry mean/std when `with_stats`.
+
+  Raises:
+    DataError: with `validate`, for unusable examples.
   """
   name, kwargs = _config_kwargs(data_config)
   factory = DATASETS.get(name)
+  if "bands" in kwargs:
+    kwargs["bands"] = _band_names(kwargs["bands"])
   wanted = kwargs.get("bands")
   factory_selects = "bands" in inspect.signature(factory).parameters
   if not factory_selects:
@@ -123,6 +158,14 @@ def build_dataset(data_config: Any, *, with_stats: bool = True) -> Dataset:
   dataset = factory(**kwargs)
   if not factory_selects:
     dataset = select_bands(dataset, wanted)
+  key = repr((name, sorted(kwargs.items()), wanted))
+  dataset.config_key = key
+  if validate:
+    # Before the statistics, which read the train split and would stop at
+    # its first bad file; validation names every one. Imported here because
+    # validate.py imports this package's base module.
+    from eo_jax.data.validate import validate_dataset  # pylint: disable=g-import-not-at-top
+    validate_dataset(dataset)
   info = dataset.info
   if not with_stats or all(b.mean is not None and b.std is not None
                            for b in info.bands):
@@ -130,7 +173,6 @@ def build_dataset(data_config: Any, *, with_stats: bool = True) -> Dataset:
   if "train" not in dataset.splits:
     raise ValueError(f"Dataset {name!r} has no 'train' split to compute band "
                      f"statistics from; it has {sorted(dataset.splits)}.")
-  key = repr((name, sorted(kwargs.items()), wanted))
   if key not in _STATS_CACHE:
     _STATS_CACHE[key] = stats_lib.band_statistics(dataset.split("train"))
   mean, std = _STATS_CACHE[key]

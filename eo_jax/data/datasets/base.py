@@ -9,6 +9,10 @@ dict of numpy arrays in the dataset's raw units:
   segmentation:   {'image': (H, W, C) float32, 'mask': (H, W) int32}
   unlabelled:     {'image': (H, W, C) float32}
 
+A source that reads files may also have `describe(index) -> str`, saying
+where example `index` comes from (its file), for error messages;
+`data/validate.py` names 'example <index>' for sources without it.
+
 Any other key is allowed and reaches the batch under the same name. An array
 of rank 2 or 3 whose first two dimensions are the image's (H, W) is spatial:
 it is resized, cropped, flipped and rotated with the image (nearest for
@@ -29,6 +33,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from eo_jax import errors
 from eo_jax.data.bands import Band
 from eo_jax.registry import Registry
 
@@ -79,8 +84,15 @@ class DatasetInfo:
 
 @dataclasses.dataclass
 class Dataset:
+  """A dataset's description and its sources by split name.
+
+  `config_key` is set by `build_dataset`: it identifies the config the
+  dataset was built from, and keys the per-process caches of band
+  statistics and of validation (None: built directly, never cached).
+  """
   info: DatasetInfo
   splits: dict[str, Source]
+  config_key: str | None = dataclasses.field(default=None, compare=False)
 
   def split(self, name: str) -> Source:
     if name not in self.splits:
@@ -96,18 +108,37 @@ class Dataset:
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(errors.UserError, FileNotFoundError):
   """Raised when a dataset is not on disk; the message says where to get it."""
+
+
+class DataError(errors.UserError, ValueError):
+  """Data that is there but unusable: an unreadable or truncated file, an
+  image of the wrong shape or band count, NaN / infinite values, labels out
+  of range. The message names the split, the example, its file and the fix.
+  """
+
+
+def describe_example(source: Any, index: int) -> str:
+  """Where example `index` of `source` comes from: its `describe(index)`
+  (a file name) when it has one, else 'example <index>'."""
+  fn = getattr(source, "describe", None)
+  if fn is not None:
+    try:
+      return str(fn(index))
+    except Exception:  # pylint: disable=broad-except; only a message is at stake
+      pass
+  return f"example {index}"
 
 
 def missing_data(name: str, path: Any, url: str, config_key: str,
                  layout: str) -> MissingDataError:
   where = (f"not found at {path!s}" if str(path) not in ("", ".") else
            f"needs a local copy and {config_key} is not set")
+  # One line: main.py prints it as the run's single `error: ...` line.
   return MissingDataError(
-      f"{name} {where}.\n"
-      f"  Download it from {url}\n"
-      f"  and set {config_key}=/path/to/it. Expected layout: {layout}")
+      f"{name} {where}. Download it from {url} and set {config_key}=/path/to/it "
+      f"(expected layout: {layout}).")
 
 
 class LabelledImageFiles(abc.ABC):
@@ -137,6 +168,10 @@ class LabelledImageFiles(abc.ABC):
   @abc.abstractmethod
   def _where(self, index: int) -> str:
     """Where example `index` is stored, for error messages."""
+
+  def describe(self, index: int) -> str:
+    """The file of example `index` (for error messages)."""
+    return self._where(int(index))
 
   @abc.abstractmethod
   def _decode(self, index: int) -> np.ndarray:

@@ -224,6 +224,12 @@ class PatchSource:
     h = self._half
     return slice(r - h, r + h + 1), slice(c - h, c + h + 1)
 
+  def describe(self, index: int) -> str:
+    """Date and footprint of example `index` in the scene."""
+    rows, cols = self.footprint(int(index))
+    return (f"the patch of date {self._dates[int(index)]} at rows "
+            f"{rows.start}:{rows.stop}, columns {cols.start}:{cols.stop}")
+
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     index = int(index)
     if not -len(self) <= index < len(self):

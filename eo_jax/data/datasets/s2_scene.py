@@ -240,6 +240,13 @@ class ScenePatches:
     return (f"ScenePatches({self.scene.files[0].parent}, {self.name}, "
             f"n={len(self)}, size={self.size})")
 
+  def describe(self, index: int) -> str:
+    """The band files of patch `index` and where the patch lies in them."""
+    top, left = (int(v) for v in self.corners[int(index)])
+    files = ", ".join(f.name for f in self.scene.files)
+    return (f"the patch at row {top}, column {left} of the scene in "
+            f"{self.scene.files[0].parent} ({files})")
+
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     index = int(index)
     if not 0 <= index < len(self):

@@ -11,7 +11,8 @@ import numpy as np
 
 from eo_jax.data import bands as bands_lib
 from eo_jax.data.datasets.base import (CLASSIFICATION, SEGMENTATION, UNLABELLED,
-                                       ArraySource, DATASETS, Dataset, DatasetInfo)
+                                       ArraySource, DATASETS, Dataset, DatasetInfo,
+                                       describe_example)
 
 
 def _synthetic_bands(num_bands: int) -> tuple[bands_lib.Band, ...]:
@@ -79,6 +80,10 @@ class _BandView:
 
   def __len__(self) -> int:
     return len(self._source)
+
+  def describe(self, index: int) -> str:
+    """Where the wrapped source's example `index` comes from."""
+    return describe_example(self._source, index)
 
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
     item = dict(self._source[i])

@@ -105,6 +105,12 @@ class TfdsSource:
   def __repr__(self) -> str:
     return f"TfdsSource({self._name}, n={len(self)})"
 
+  def describe(self, index: int) -> str:
+    """The TFDS record behind example `index`."""
+    index = int(index)
+    record = index if self._indices is None else int(self._indices[index])
+    return f"record {record} of TFDS {self._name.split(':')[0]}"
+
   def subset(self, indices: Sequence[int], name: str) -> "TfdsSource":
     """The examples at `indices` of this source, as a new source."""
     indices = np.asarray(indices, np.int64)

@@ -188,6 +188,14 @@ class WHUOHSPatches:
   def __repr__(self) -> str:
     return f"WHUOHSPatches({self.name}, {self.task}, n={len(self)})"
 
+  def describe(self, index: int) -> str:
+    """The tile file of patch `index` and where the patch lies in it."""
+    t, top, left = (int(v) for v in self.refs[int(index)])
+    tile = self.tiles[t]
+    label = (f", label {tile.label}" if tile.label is not None
+             and self.task != UNLABELLED else "")
+    return f"{tile.image} (patch at row {top}, column {left}{label})"
+
   def _image(self, t: int) -> np.ndarray:
     tile = self.tiles[t]
 
