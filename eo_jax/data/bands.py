@@ -8,7 +8,10 @@ so normalisation is keyed by band name and never by channel index.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Iterable, Sequence
+
+from eo_jax import errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,13 +131,106 @@ def indices(bands: Sequence[Band], wanted: Sequence[str]) -> list[int]:
   return [available.index(w) for w in wanted]
 
 
+# Two bands whose centres differ by less than this are the same band: the
+# same sensor's wavelengths written with fewer decimals (e.g. 664.6 vs 665).
+SAME_WAVELENGTH_NM = 0.5
+
+
 def check_same(expected: Sequence[Band], got: Sequence[Band], what: str) -> None:
-  """Raises a clear error when two band lists differ (e.g. data vs checkpoint)."""
+  """Raises a clear error when two band lists differ (e.g. data vs checkpoint).
+
+  Names AND centre wavelengths (to `SAME_WAVELENGTH_NM`) must agree: two
+  sensors can both call their bands B001, B002, ..., and a model trained on
+  one sensor's 450 nm band must not be fed another's 470 nm band. The error
+  names the first band that differs.
+
+  Raises:
+    ConfigValueError (a ValueError): the lists differ.
+  """
+  fix = ("Select the same bands with `config.data.bands`, or start a new "
+         "workdir.")
   if names(expected) != names(got):
-    raise ValueError(
+    raise errors.ConfigValueError(
         f"{what}: band mismatch. Expected {len(expected)} bands "
         f"{list(names(expected))}, got {len(got)} bands {list(names(got))}. "
-        "Select the same bands with `config.data.bands`, or start a new workdir.")
+        + fix)
+  for i, (a, b) in enumerate(zip(expected, got)):
+    wa, wb = float(a.wavelength_nm), float(b.wavelength_nm)
+    if not (math.isclose(wa, wb, rel_tol=0.0, abs_tol=SAME_WAVELENGTH_NM)
+            or (math.isnan(wa) and math.isnan(wb))):
+      raise errors.ConfigValueError(
+          f"{what}: band mismatch. Band {i + 1} ({a.name}) is centred at "
+          f"{wa:g} nm in the expected bands but at {wb:g} nm here: same "
+          "names, different spectra (another sensor, or other wavelengths in "
+          "config.data.wavelengths / the file's header). Use data of the "
+          "same sensor, fix the wavelengths, or start a new workdir.")
+
+
+def bands_from_wavelengths(wavelengths_nm: Sequence[float],
+                           names: Sequence[str] | None = None,
+                           resolution_m: float | None = None
+                           ) -> tuple[Band, ...]:
+  """Bands of a cube from its centre wavelengths (nm), in channel order.
+
+  Args:
+    wavelengths_nm: one centre wavelength per channel, in nanometres.
+    names: one name per channel; default 'B001', 'B002', ... (wider when
+      there are 1000 bands or more), so that names sort in channel order.
+    resolution_m: ground sampling distance of every band, if known.
+
+  Raises:
+    ConfigValueError: a wavelength is not a positive finite number, or the
+      names are not one unique name per wavelength.
+  """
+  values = [float(w) for w in wavelengths_nm]
+  bad = [(i + 1, w) for i, w in enumerate(values)
+         if not (math.isfinite(w) and w > 0)]
+  if bad:
+    raise errors.ConfigValueError(
+        f"Band wavelengths must be positive numbers in nm; band(s) "
+        f"{bad[:5]} (1-based index, value) are not. Fix "
+        "config.data.wavelengths or the file's wavelength list.")
+  width = max(3, len(str(len(values))))
+  if names is None:
+    names = [f"B{i + 1:0{width}d}" for i in range(len(values))]
+  names = [str(n) for n in names]
+  if len(names) != len(values):
+    raise errors.ConfigValueError(
+        f"{len(names)} band names for {len(values)} wavelengths; give one "
+        "name per band (config.data.band_names).")
+  twice = sorted({n for n in names if names.count(n) > 1})
+  if twice:
+    raise errors.ConfigValueError(
+        f"Band names must be unique; {twice[:5]} occur more than once. Fix "
+        "config.data.band_names.")
+  return tuple(Band(name=n, wavelength_nm=w, resolution_m=resolution_m,
+                    long_name=f"{w:.1f} nm") for n, w in zip(names, values))
+
+
+# Centres of the display primaries: red, green, blue (nm).
+DISPLAY_RGB_NM = (640.0, 550.0, 470.0)
+
+
+def display_bands(bands: Sequence[Band], max_distance_nm: float = 60.0
+                  ) -> tuple[str, ...]:
+  """Names of the bands nearest to 640 / 550 / 470 nm, to render as R, G, B.
+
+  For datasets that declare no `rgb_bands` (hyperspectral cubes). Returns
+  () when the bands do not cover the visible range (a band further than
+  `max_distance_nm` from a primary, or fewer than 3 distinct bands), so that
+  figures fall back to their default instead of a misleading true colour.
+  """
+  if len(bands) < 3:
+    return ()
+  wl = [float(b.wavelength_nm) for b in bands]
+  picked = []
+  for target in DISPLAY_RGB_NM:
+    dist = [abs(w - target) if math.isfinite(w) else math.inf for w in wl]
+    i = min(range(len(dist)), key=dist.__getitem__)  # first of equals
+    if dist[i] > max_distance_nm:
+      return ()
+    picked.append(bands[i].name)
+  return tuple(picked) if len(set(picked)) == 3 else ()
 
 
 # Orbita OHS hyperspectral imager as distributed in WHU-OHS (Li et al. 2022):

@@ -13,7 +13,9 @@ cores), and checks each one against `dataset.info`:
   * its values are finite (NaN and infinities are counted per band);
   * classification: 'label' is an integer in [0, num_classes);
   * segmentation: 'mask' is (H, W) like the image, with values in
-    [0, num_classes) or info.ignore_index.
+    [0, num_classes) or info.ignore_index (the message names the offending
+    values and their pixel count); and every split has at least one
+    labelled pixel (a split of ignored pixels gives no loss and no score).
 
 All problems are gathered and raised as ONE `DataError` naming, per split,
 the first few examples, their files (`describe(index)` of the source) and
@@ -202,10 +204,25 @@ class _Checker:
             "re-download it or remove the pair")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Chunk:
+  """What checking examples [start, stop) of one split found."""
+  split: str
+  problems: list[Problem]
+  labelled: int  # segmentation: mask pixels holding a class
+
+
+def _labelled_pixels(example: Mapping, info: DatasetInfo) -> int:
+  mask = np.asarray(example["mask"])
+  return int(np.count_nonzero((mask >= 0) & (mask < info.num_classes)))
+
+
 def _check_range(split: str, source: Any, start: int, stop: int,
-                 checker: _Checker) -> list[Problem]:
+                 checker: _Checker) -> _Chunk:
   """Reads and checks examples [start, stop) of one split."""
   problems = []
+  labelled = 0
+  dense = checker.info.task == SEGMENTATION
   for index in range(start, stop):
     try:
       example = source[index]
@@ -226,15 +243,22 @@ def _check_range(split: str, source: Any, start: int, stop: int,
     if found is not None:
       problems.append(Problem(split, index, describe_example(source, index),
                               *found))
-  return problems
+    elif dense:
+      labelled += _labelled_pixels(example, checker.info)
+  return _Chunk(split, problems, labelled)
 
 
 def _message(name: str, counts: Mapping[str, int],
              problems: Mapping[str, list[Problem]], bad: Mapping[str, int],
-             max_problems: int) -> str:
+             max_problems: int, unlabelled: Sequence[str] = (),
+             ignore_index: int | None = None) -> str:
   total = sum(bad.values())
-  lines = [f"Dataset {name!r} has {total:,} unusable example(s) (found "
-           "before training, so that no run stops halfway):"]
+  if total:
+    lines = [f"Dataset {name!r} has {total:,} unusable example(s) (found "
+             "before training, so that no run stops halfway):"]
+  else:
+    lines = [f"Dataset {name!r} cannot be used as it is (found before "
+             "training, so that no run stops halfway):"]
   for split, found in problems.items():
     if not found:
       continue
@@ -245,6 +269,13 @@ def _message(name: str, counts: Mapping[str, int],
     if bad[split] > max_problems:
       lines.append(f"    ... and {bad[split] - max_problems:,} more in "
                    f"{split!r}.")
+  ignored = "" if ignore_index is None else f" (all {ignore_index}, ignored)"
+  for split in unlabelled:
+    lines.append(
+        f"  split {split!r}: no labelled pixel in its {counts[split]:,} "
+        f"example(s){ignored}, so it gives no loss and no score. Fix: check "
+        "that its label files hold classes, or change the split "
+        "(config.data.split_fractions, split_seed, block_size, patch_size).")
   return "\n".join(lines)
 
 
@@ -261,7 +292,7 @@ def _default_threads() -> int:
 
 def _run(tasks: list[tuple[str, int, int]], dataset: Dataset,
          checker: _Checker, threads: int,
-         collect: Callable[[list[Problem]], None]) -> int:
+         collect: Callable[[_Chunk], None]) -> int:
   """Checks the chunks `tasks`; returns the threads it settled on.
 
   A pool of threads is used only where it measures faster than one thread:
@@ -353,9 +384,11 @@ def validate_dataset(dataset: Dataset, splits: Sequence[str] | None = None,
     tasks += [(split, a, min(a + chunk, n)) for a in range(0, n, chunk)]
   problems: dict[str, list[Problem]] = {s: [] for s in todo}
   bad = {s: 0 for s in todo}
+  labelled = {s: 0 for s in todo}
 
-  def collect(found: list[Problem]) -> None:
-    for problem in found:
+  def collect(chunk: _Chunk) -> None:
+    labelled[chunk.split] += chunk.labelled
+    for problem in chunk.problems:
       bad[problem.split] += 1
       kept = problems[problem.split]
       kept.append(problem)
@@ -365,11 +398,16 @@ def validate_dataset(dataset: Dataset, splits: Sequence[str] | None = None,
         del kept[_KEEP:]
 
   used = _run(tasks, dataset, checker, threads, collect)
-  if any(bad.values()):
+  # A split whose masks are all ignored (judged only when every example
+  # could be read: a bad file may hold the labels).
+  unlabelled = [s for s in todo if dataset.info.task == SEGMENTATION
+                and not bad[s] and labelled[s] == 0]
+  if any(bad.values()) or unlabelled:
     for found in problems.values():
       found.sort(key=lambda p: p.index)
     raise DataError(_message(dataset.info.name, counts, problems, bad,
-                             max(1, max_problems)))
+                             max(1, max_problems), unlabelled,
+                             dataset.info.ignore_index))
   if key is not None:
     with _VALIDATED_LOCK:
       _VALIDATED.update((key, s) for s in todo)

@@ -4,10 +4,14 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
+from eo_jax import errors
 from eo_jax.data import bands as bands_lib
+from eo_jax.data import stats
 from eo_jax.data.datasets import MissingDataError
 from eo_jax.data.datasets import eolearn
+from eo_jax.data.validate import validate_dataset
 
 # Raw-array hashes of the originals (REFERENCE_SCENES.npy, LULC.npy[..., 0]),
 # as recorded in eo_jax/data/sample/PROVENANCE.md.
@@ -158,3 +162,86 @@ def test_folder_with_other_band_names(tmp_path):
                               patch_size=3)
   assert bands_lib.names(ds.info.bands) == ("B02", "B03", "B04", "B08")
   assert ds.info.class_names == ("forest",)
+
+
+# --- task='segmentation', and the classification task on other splits ----
+
+
+@pytest.fixture(scope="module")
+def segmentation():
+  return eolearn.eolearn_sample(task="segmentation")
+
+
+def _class_map(lulc):
+  """Land-cover id -> class 0..3 (forest, grassland, shrubland, artificial),
+  255 for no data and the dropped cultivated land."""
+  out = np.full(lulc.shape, 255, np.int32)
+  for k, lulc_id in enumerate((2, 3, 4, 8)):
+    out[lulc == lulc_id] = k
+  return out
+
+
+def test_segmentation_masks_are_the_label_map(segmentation):
+  info = segmentation.info
+  assert info.task == "segmentation" and info.ignore_index == 255
+  assert info.class_names == ("forest", "grassland", "shrubland",
+                              "artificial surface")
+  assert info.image_size == (16, 16) and info.rgb_bands == ("B04", "B03", "B02")
+  # The numbers the module docstring promises.
+  assert [len(segmentation.splits[s]) for s in eolearn.SPLITS] == [170, 15, 10]
+  np.testing.assert_array_equal(stats.class_pixel_counts(segmentation),
+                                [35570, 6005, 1105, 190])
+  scenes, lulc, _ = eolearn.load_scene()
+  classes = _class_map(lulc)
+  for split in eolearn.SPLITS:
+    source = segmentation.splits[split]
+    present = set()
+    for i in range(len(source)):
+      rows, cols = source.footprint(i)
+      example = source[i]
+      np.testing.assert_array_equal(example["image"], scenes[i % 5, rows, cols])
+      np.testing.assert_array_equal(example["mask"], classes[rows, cols])
+      assert example["mask"].dtype == np.int32
+      present |= set(np.unique(example["mask"]).tolist())
+    assert present >= {0, 1, 2, 3}, split  # every class in every split
+  validate_dataset(segmentation)
+
+
+def test_segmentation_splits_are_a_margin_apart(segmentation):
+  cover = {}
+  for split in eolearn.SPLITS:
+    covered = np.zeros((101, 100), bool)
+    source = segmentation.splits[split]
+    for i in range(0, len(source), 5):
+      covered[source.footprint(i)] = True
+    cover[split] = covered
+  near_train = ndimage.binary_dilation(cover["train"], np.ones((33, 33), bool))
+  assert not (near_train & (cover["val"] | cover["test"])).any()
+  near_val = ndimage.binary_dilation(cover["val"], np.ones((33, 33), bool))
+  assert not (near_val & cover["test"]).any()
+  # Val and test windows do not overlap: each pixel is scored once.
+  for split in ("val", "test"):
+    source = segmentation.splits[split]
+    hits = np.zeros((101, 100), int)
+    for i in range(0, len(source), 5):
+      hits[source.footprint(i)] += 1
+    assert hits.max() == 1
+
+
+def test_other_splits_of_the_classification_task():
+  fixed = eolearn.eolearn_sample(split="fixed_layout")
+  assert [len(fixed.splits[s]) for s in eolearn.SPLITS] == [4195, 4970, 5100]
+  blocks = eolearn.eolearn_sample(split="spatial_blocks")
+  assert blocks.info.class_names == fixed.info.class_names
+  assert all(len(blocks.splits[s]) > 0 for s in eolearn.SPLITS)
+  scenes, lulc, _ = eolearn.load_scene()
+  source = blocks.splits["test"]
+  rows, cols = source.footprint(7)
+  assert int(source[7]["label"]) == _class_map(lulc)[rows.start + 4,
+                                                     cols.start + 4]
+  with pytest.raises(errors.ConfigValueError, match="classification task's"):
+    eolearn.eolearn_sample(task="segmentation", split="fixed_layout")
+  with pytest.raises(errors.ConfigValueError, match="config.data.split must"):
+    eolearn.eolearn_sample(split="random")
+  with pytest.raises(errors.ConfigValueError, match="config.data.task"):
+    eolearn.eolearn_sample(task="detection")

@@ -265,3 +265,64 @@ def test_validation_times_of_the_embedded_sample():
   report = validate_dataset(dataset, use_cache=False)
   print(f"\n{report} ({time.perf_counter() - start:.2f} s)")
   assert report.counts == {"train": 4195, "val": 4970, "test": 5100}
+
+
+class _MaskFiles:
+  """Segmentation examples read from (pretend) label files."""
+
+  def __init__(self, masks, size=4):
+    self.masks = masks
+    self.size = size
+
+  def __len__(self):
+    return len(self.masks)
+
+  def describe(self, index):
+    return f"labels/tile_{index:03d}.tif"
+
+  def __getitem__(self, index):
+    image = np.ones((self.size, self.size, 3), np.float32)
+    return {"image": image, "mask": self.masks[index]}
+
+
+SEG_INFO = DatasetInfo("seg", bands_lib.RGB, class_names=("a", "b", "c"),
+                       task=SEGMENTATION, ignore_index=255)
+
+
+def test_dense_label_problems_name_the_file_and_the_values():
+  masks = [np.zeros((4, 4), np.int32) for _ in range(4)]
+  masks[1][0, :3] = [3, 9, 255]       # 3 and 9 are no class; 255 is ignored
+  masks[2] = np.zeros((4, 5), np.int32)  # another size than its image
+  masks[3][1, 1] = -2
+  with pytest.raises(DataError) as e:
+    validate_dataset(_toy(SEG_INFO, train=_MaskFiles(masks)))
+  message = str(e.value)
+  assert "split 'train': 3 of 4 examples" in message
+  assert ("'train' example 1 (labels/tile_001.tif): 2 mask pixel(s) have "
+          "values [3, 9], outside 0..2 or 255 (ignored)") in message
+  assert ("'train' example 2 (labels/tile_002.tif): the mask has shape "
+          "(4, 5), the image (4, 4)") in message
+  assert "example 3 (labels/tile_003.tif): 1 mask pixel(s) have values [-2]" \
+         in message
+
+
+def test_a_split_without_labelled_pixels_is_an_error():
+  labelled = [np.full((4, 4), 255, np.int32) for _ in range(3)]
+  labelled[2][3, 3] = 1
+  empty = [np.full((4, 4), 255, np.int32) for _ in range(2)]
+  dataset = _toy(SEG_INFO, train=_MaskFiles(labelled), test=_MaskFiles(empty))
+  with pytest.raises(DataError) as e:
+    validate_dataset(dataset)
+  message = str(e.value)
+  assert message.startswith("Dataset 'seg' cannot be used as it is")
+  assert ("split 'test': no labelled pixel in its 2 example(s) (all 255, "
+          "ignored), so it gives no loss and no score") in message
+  assert "'train'" not in message
+  assert "config.data.split_fractions" in message  # the fix
+  validate_dataset(dataset, ["train"])  # the labelled split alone is fine
+  # Alongside unusable examples of another split, both are reported.
+  dataset.splits["val"] = _MaskFiles([np.full((4, 4), 7, np.int32)])
+  with pytest.raises(DataError, match=r"(?s)1 unusable example.*split 'val'.*"
+                                      r"values \[7\].*split 'test': no "
+                                      r"labelled pixel"):
+    validate_dataset(dataset)

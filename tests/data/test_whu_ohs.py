@@ -6,8 +6,10 @@ import pytest
 import tifffile
 
 from eo_jax.data import bands as bands_lib
-from eo_jax.data.datasets import MissingDataError, build_dataset
+from eo_jax.data import stats
+from eo_jax.data.datasets import DataError, MissingDataError, build_dataset
 from eo_jax.data.datasets import whu_ohs as whu
+from eo_jax.data.validate import validate_dataset
 
 TILE = 16
 SPLITS = {"tr": ("O2_0001", "S1_0001", "S1_0002"), "val": ("S1_0003", "T1_0001"),
@@ -220,3 +222,29 @@ def test_tile_of_another_size_fails_when_read(root):
   train[0]
   with pytest.raises(ValueError, match="S1_0002.tif has shape"):
     train[8]
+
+
+def test_segmentation_passes_the_dense_label_checks_and_counts(root):
+  # The published rule: 0 = unlabelled (ignored), classes 1..24 -> 0..23.
+  ds = build(root)
+  report = validate_dataset(ds)
+  assert report.counts == {"train": 11, "val": 7, "test": 7}
+  for split, folder in (("train", "tr"), ("val", "val"), ("test", "ts")):
+    expected = np.zeros(24, np.int64)
+    for t, _ in enumerate(SPLITS[folder]):
+      label = label_values(t).astype(np.int64)
+      # Dropped patches hold no labelled pixel, so whole tiles count.
+      expected += np.bincount(label[label > 0] - 1, minlength=24)
+    np.testing.assert_array_equal(stats.class_pixel_counts(ds, split), expected)
+  weights = stats.class_weights_from_counts(stats.class_pixel_counts(ds))
+  assert weights[9] > 0 and weights[1] == 0  # class 10 present, 2 absent
+
+
+def test_an_unlabelled_test_split_fails_validation(root):
+  for name in SPLITS["ts"]:
+    tifffile.imwrite(root / "ts" / "label" / f"{name}.tif",
+                     np.zeros((TILE, TILE), np.uint8), extratags=GEO)
+  ds = build(root, drop_unlabelled=False)
+  with pytest.raises(DataError, match=r"split 'test': no labelled pixel in "
+                                      r"its 8 example\(s\) \(all 255"):
+    validate_dataset(ds)

@@ -21,8 +21,10 @@ import numpy as np
 from eo_jax import errors
 from eo_jax.data import bands as bands_lib
 from eo_jax.data import stats as stats_lib
+from eo_jax.data.datasets import cube as _cube  # noqa: F401  (registers)
 from eo_jax.data.datasets import eolearn as _eolearn  # noqa: F401  (registers)
 from eo_jax.data.datasets import eurosat as _eurosat  # noqa: F401  (registers)
+from eo_jax.data.datasets import hyperspectral as _hyperspectral  # noqa: F401  (registers)
 from eo_jax.data.datasets import s2_scene as _s2_scene  # noqa: F401  (registers)
 from eo_jax.data.datasets import synthetic as _synthetic  # noqa: F401  (registers)
 from eo_jax.data.datasets import tiny_imagenet as _tiny_imagenet  # noqa: F401  (registers)

@@ -36,19 +36,40 @@ forest, grassland, shrubland and artificial surface, numbered 0..3 in order
 of their land-cover id. With the defaults (patch_size 9, stride 2,
 eval_stride 1) this gives 4,195 train, 4,970 val and 5,100 test examples
 (train: 3,580 forest, 445 grassland, 125 shrubland, 45 artificial).
+`split='spatial_blocks'` or `'random_pixels_leaky'` cut the same task from
+the splits of `eo_jax.data.splits` instead (`eo_jax.data.datasets.scene`).
+
+task='segmentation': dense land cover. Windows of patch_size x patch_size
+(default 16) of every date, masks with the classes above (ids 0..3) and
+255 (ignored) for 'no data' and dropped classes, train windows every
+patch_size // 2 px, val / test windows every patch_size px (each pixel
+scored once). The splits are spatially disjoint blocks with margins
+(`eo_jax.data.splits.spatial_split`, seed `split_seed`, class-balanced
+over the label map): with the defaults, 3 x 3 blocks of about 34 px, 5 for
+train and 2 each for val and test, a 16 px margin between splits, giving
+170 train (34 windows x 5 dates), 15 val and 10 test examples, each split
+holding all four classes (train pixel counts over its windows: 35,570
+forest, 6,005 grassland, 1,105 shrubland, 190 artificial). 16 is the largest
+window side for which every split keeps all four classes at seed 0 (20 and
+24 leave artificial surface out of test, 32 leaves one window per eval
+split); the scene is small, so val and test scores are noisy.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from eo_jax import errors
 from eo_jax.data import bands as bands_lib
+from eo_jax.data import splits as splits_lib
+from eo_jax.data.datasets import scene
 from eo_jax.data.datasets.base import (CLASSIFICATION, DATASETS, Dataset,
                                        DatasetInfo, missing_data)
 
@@ -67,6 +88,11 @@ LULC_LEGEND = {
 }
 
 SPLITS = ("train", "val", "test")
+# The classification task's hand-made split (below); other tasks use
+# spatially disjoint blocks (eo_jax.data.splits).
+FIXED_LAYOUT = "fixed_layout"
+# Segmentation windows (module docstring).
+SEGMENTATION_PATCH = 16
 # Rows: top / bottom half; columns: five vertical bands; values index SPLITS.
 LAYOUT = np.array([[0, 1, 0, 2, 0],
                    [0, 2, 0, 1, 0]], np.int8)
@@ -240,52 +266,127 @@ class PatchSource:
             "label": np.int32(self.labels[index])}
 
 
-@DATASETS.register("eolearn_sample")
-def eolearn_sample(path: str | None = None, patch_size: int = 9,
-                   stride: int = 2, eval_stride: int | None = 1,
-                   min_class_pixels: int = 100,
-                   band_names: Sequence[str] | None = None) -> Dataset:
-  """Builds the patch-classification dataset (see the module docstring).
-
-  Args:
-    path: None (the embedded sample), an .npz, or an eo-learn folder.
-    patch_size: odd patch side in pixels.
-    stride: step between train patch centres (1 = every pixel).
-    eval_stride: step for val/test centres; None means `stride`.
-    min_class_pixels: land-cover ids with fewer labelled pixels are dropped.
-    band_names: channel order of a folder's scene array (default the 13 L1C
-      bands, B8A 9th); an .npz records its own.
-  """
-  if patch_size < 1 or patch_size % 2 == 0:
-    raise ValueError(f"config.data.patch_size must be a positive odd number "
-                     f"(the label is the centre pixel's), got {patch_size}.")
-  eval_stride = stride if eval_stride is None else eval_stride
-  if stride < 1 or eval_stride < 1:
-    raise ValueError(f"config.data.stride/eval_stride must be >= 1, got "
-                     f"{stride}/{eval_stride}.")
-  scenes, lulc, names = load_scene(path, band_names)
+def _kept_ids(lulc: np.ndarray, min_class_pixels: int) -> list[int]:
+  """Land-cover ids with at least `min_class_pixels` pixels, ascending."""
   ids, counts = np.unique(lulc[lulc > 0], return_counts=True)
   keep_ids = [int(i) for i, n in zip(ids, counts) if n >= min_class_pixels]
   if not keep_ids:
     raise ValueError(f"No land-cover class has >= {min_class_pixels} pixels "
                      f"(counts {dict(zip(ids.tolist(), counts.tolist()))}); "
                      "lower config.data.min_class_pixels.")
-  to_label = {lid: k for k, lid in enumerate(keep_ids)}
-  regions = split_regions(*lulc.shape)
-  splits = {}
-  for s, split in enumerate(SPLITS):
-    step = stride if split == "train" else eval_stride
-    centres = patch_centres(regions, lulc, s, patch_size, step, keep_ids)
-    labels = np.array([to_label[int(lulc[r, c])] for r, c in centres], np.int32)
-    splits[split] = PatchSource(scenes, centres, labels, patch_size, split)
+  return keep_ids
+
+
+def _sentinel2_bands(names: Sequence[str]) -> tuple[bands_lib.Band, ...]:
   sensor = {b.name: b for b in bands_lib.SENTINEL2}
   unknown = [n for n in names if n not in sensor]
   if unknown:
     raise ValueError(f"Bands {unknown} are not Sentinel-2 band names "
                      f"{list(sensor)}; fix config.data.band_names.")
+  return tuple(sensor[n] for n in names)
+
+
+def _load_scenes(path: str | None, band_names: Sequence[str] | None
+                 ) -> np.ndarray:
+  return load_scene(path, band_names)[0]
+
+
+def _scene_dataset(path: str | None, band_names: Sequence[str] | None,
+                   min_class_pixels: int, options: scene.PatchOptions
+                   ) -> Dataset:
+  """The scene datasets (`eo_jax.data.datasets.scene`) over the T dates,
+  with the classification task's classes: segmentation, and any task on
+  spatially disjoint blocks or the leaky pixel split."""
+  scenes, lulc, names = load_scene(path, band_names)
+  keep_ids = _kept_ids(lulc, min_class_pixels)
+  # Land-cover id -> class 0..K-1; 'no data' (0) and dropped ids -> -1.
+  dropped = sorted(set(np.unique(lulc).tolist()) - set(keep_ids))
+  labels = scene.remap_labels(lulc, keep_ids, dropped,
+                              str(path or SAMPLE_PATH))
+  cube = scene.SceneCube(functools.partial(_load_scenes, path, band_names),
+                         key=("eolearn_sample", str(path)),
+                         shape=scenes.shape, array=scenes)
+  return scene.build(
+      name="eolearn_sample", cube=cube, bands=_sentinel2_bands(names),
+      options=options, where=f"the eo-learn scene {path or SAMPLE_PATH.name}",
+      labels=labels,
+      class_names=tuple(LULC_LEGEND.get(i, f"class {i}") for i in keep_ids),
+      rgb_bands=("B04", "B03", "B02"))
+
+
+@DATASETS.register("eolearn_sample")
+def eolearn_sample(path: str | None = None, patch_size: int | None = None,
+                   stride: int | None = None, eval_stride: int | None = None,
+                   min_class_pixels: int = 100,
+                   band_names: Sequence[str] | None = None,
+                   task: str = CLASSIFICATION, split: str = "",
+                   split_fractions: Sequence[float] | Any = (
+                       splits_lib.DEFAULT_FRACTIONS),
+                   split_seed: int = 0, block_size: int = 0,
+                   margin: int | None = None) -> Dataset:
+  """Builds the patch dataset (see the module docstring).
+
+  Args:
+    path: None (the embedded sample), an .npz, or an eo-learn folder.
+    patch_size: patch side in pixels; None: 9 for classification (odd: the
+      label is the centre pixel's), SEGMENTATION_PATCH otherwise.
+    stride: step between train patches; None: 2 for classification on the
+      fixed layout, else the scene datasets' default (segmentation:
+      patch_size // 2).
+    eval_stride: step between val/test patches; None: 1 for classification,
+      else the scene datasets' default (segmentation: patch_size, so that
+      each pixel is scored once).
+    min_class_pixels: land-cover ids with fewer labelled pixels are dropped.
+    band_names: channel order of a folder's scene array (default the 13 L1C
+      bands, B8A 9th); an .npz records its own.
+    task: 'classification' (default), 'segmentation' or 'unlabelled'.
+    split: '' (the task's default: 'fixed_layout' for classification,
+      'spatial_blocks' otherwise), 'fixed_layout' (classification only),
+      'spatial_blocks' or 'random_pixels_leaky'.
+    split_fractions, split_seed, block_size, margin: of 'spatial_blocks'
+      and 'random_pixels_leaky' splits (`eo_jax.data.splits`).
+  """
+  kinds = ("", FIXED_LAYOUT) + splits_lib.KINDS
+  if split not in kinds:
+    raise errors.ConfigValueError(
+        f"config.data.split must be one of {kinds}, got {split!r}.")
+  if task != CLASSIFICATION or split not in ("", FIXED_LAYOUT):
+    if split == FIXED_LAYOUT:
+      raise errors.ConfigValueError(
+          f"config.data.split={FIXED_LAYOUT!r} is the classification task's "
+          f"layout; task={task!r} uses 'spatial_blocks' (leave "
+          "config.data.split empty).")
+    default_size = 9 if task == CLASSIFICATION else SEGMENTATION_PATCH
+    return _scene_dataset(path, band_names, min_class_pixels,
+                          scene.PatchOptions(
+                              task,
+                              default_size if patch_size is None else patch_size,
+                              stride, eval_stride, split or splits_lib.SPATIAL,
+                              split_fractions, split_seed, block_size, margin))
+  # Classification on the fixed layout: the quickstart's numbers.
+  patch_size = 9 if patch_size is None else patch_size
+  stride = 2 if stride is None else stride
+  eval_stride = 1 if eval_stride is None else eval_stride
+  if patch_size < 1 or patch_size % 2 == 0:
+    raise ValueError(f"config.data.patch_size must be a positive odd number "
+                     f"(the label is the centre pixel's), got {patch_size}.")
+  if stride < 1 or eval_stride < 1:
+    raise ValueError(f"config.data.stride/eval_stride must be >= 1, got "
+                     f"{stride}/{eval_stride}.")
+  scenes, lulc, names = load_scene(path, band_names)
+  keep_ids = _kept_ids(lulc, min_class_pixels)
+  to_label = {lid: k for k, lid in enumerate(keep_ids)}
+  regions = split_regions(*lulc.shape)
+  splits = {}
+  for s, split_name in enumerate(SPLITS):
+    step = stride if split_name == "train" else eval_stride
+    centres = patch_centres(regions, lulc, s, patch_size, step, keep_ids)
+    labels = np.array([to_label[int(lulc[r, c])] for r, c in centres], np.int32)
+    splits[split_name] = PatchSource(scenes, centres, labels, patch_size,
+                                     split_name)
   info = DatasetInfo(
       name="eolearn_sample",
-      bands=tuple(sensor[n] for n in names),
+      bands=_sentinel2_bands(names),
       class_names=tuple(LULC_LEGEND.get(i, f"class {i}") for i in keep_ids),
       task=CLASSIFICATION,
       image_size=(patch_size, patch_size),
