@@ -43,6 +43,7 @@ import numpy as np
 
 from eo_jax.data import bands as bands_lib
 from eo_jax.models import layers
+from eo_jax.models import spectral_vit
 from eo_jax.models import vit
 
 
@@ -209,6 +210,20 @@ def _vit_attention_rule(module: vit.Attention, in_shape: tuple,
   del module, out_shape
   batch, tokens, width = in_shape[0], in_shape[1], in_shape[-1]
   return Effect(2 * 2 * batch * tokens * tokens * width)
+
+
+@register_rule(spectral_vit.SpectralPatchEmbed)
+def _spectral_patch_embed_rule(module: spectral_vit.SpectralPatchEmbed,
+                               in_shape: tuple, out_shape: tuple) -> Effect:
+  # (B, H, W, C) -> (B, G * N, D): each of the G * N tokens reads p x p
+  # pixels of each of S band slots (S = the largest group; the zero-weighted
+  # slots of smaller groups are computed too). The weight generator's Dense
+  # layers have rows of their own.
+  del in_shape
+  p = module.patch_size
+  slots = max(len(group) for group in module.groups)
+  macs = int(np.prod(out_shape[:-1])) * slots * p * p * out_shape[-1]
+  return Effect(2 * macs, Window((p, p), (p, p)))
 
 
 # --- Tracing -----------------------------------------------------------------

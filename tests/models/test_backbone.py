@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from eo_jax.data import bands as bands_lib
-from eo_jax.models import MODELS
+from eo_jax.models import MODELS, build_model
 from eo_jax.models import backbone as backbone_lib
 
 # Small enough to trace in a second; each keeps the model's structure.
@@ -26,9 +26,20 @@ SMALL = {
     "resnet34": dict(width=4, low_res_stem=True),
     "resnet50": dict(width=4, output_stride=8),
     "resnet18_truncated": dict(width=4),
+    "spectral_vit": dict(variant="S/8", width=32, depth=2, num_heads=2,
+                         mlp_dim=64, num_registers=1, group_size=2,
+                         block_group_size=1),
     "vit": dict(variant="S/8", width=32, depth=2, num_heads=2, mlp_dim=64,
                 num_registers=1),
+    # A nested backbone config; the segmenter's own 'block_i' must not take
+    # the backbone's layer ids.
+    "segmentation": dict(decoder="segmenter", decoder_settings=dict(width=8),
+                         backbone=dict(name="vit", variant="S/8", width=16,
+                                       depth=2, num_heads=2, mlp_dim=32)),
 }
+
+# Where a model keeps what sits on top of its backbone, at the top depth.
+HEAD_PREFIX = {"segmentation": "decoder/"}
 
 # Non-square, a multiple of the ViT's patch, above BagNet-33's field.
 IMAGE = (2, 40, 48, 4)
@@ -49,8 +60,10 @@ def _build(name, num_classes=0):
     pytest.fail(f"Model {name!r} is registered but tests/models/"
                 "test_backbone.py has no small configuration for it; add one "
                 "to SMALL.")
-  return MODELS.get(name)(bands=bands_lib.SENTINEL2[:IMAGE[-1]],
-                          num_classes=num_classes, **SMALL[name])
+  # Through build_model, which builds nested model configs.
+  return build_model(dict(name=name, **SMALL[name]),
+                     bands=bands_lib.SENTINEL2[:IMAGE[-1]],
+                     num_classes=num_classes)
 
 
 def _abstract(model):
@@ -94,9 +107,10 @@ def test_layer_ids_span_zero_to_num_layers(name):
   assert all(0 <= i <= top for i in ids.values()), ids
   assert min(ids.values()) == 0
   # Heads sit at the top; the backbone reaches at least the level below.
-  head = {p: i for p, i in ids.items() if p.startswith("head/")}
+  prefix = HEAD_PREFIX.get(name, "head/")
+  head = {p: i for p, i in ids.items() if p.startswith(prefix)}
   assert head and set(head.values()) == {top}, head
-  body = [i for p, i in ids.items() if not p.startswith("head/")]
+  body = [i for p, i in ids.items() if not p.startswith(prefix)]
   assert max(body) >= top - 1
   # The ids see through the prefixes objectives put on the backbone.
   some = sorted(ids)[len(ids) // 2]
