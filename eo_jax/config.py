@@ -77,6 +77,9 @@ def base_config() -> ConfigDict:
   c.loss.label_smoothing = 0.0
   c.loss.focal_gamma = 0.0          # > 0 switches cross-entropy to focal loss
   c.loss.class_weights = ()         # () -> unweighted
+  c.loss.class_weighting = ""       # 'inverse' | 'median': from train counts (segmentation)
+  c.loss.dice_weight = 0.0          # segmentation: + weight x soft Dice
+  c.loss.aux_weight = 0.4           # segmentation: weight of an auxiliary head's loss
 
   c.optim = ConfigDict()
   c.optim.name = "adamw"            # sgd | adam | adamw | adadelta

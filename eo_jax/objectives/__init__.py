@@ -5,3 +5,4 @@ from eo_jax.objectives.base import OBJECTIVES, Objective, StepOutput, TrainState
 from eo_jax.objectives import supervised  # noqa: F401,E402
 from eo_jax.objectives import mae  # noqa: F401,E402
 from eo_jax.objectives import dino  # noqa: F401,E402
+from eo_jax.objectives import segmentation  # noqa: F401,E402

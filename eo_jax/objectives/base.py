@@ -153,6 +153,15 @@ class Objective(abc.ABC):
   main_metric: str = "loss"
   #: The evaluator (eo_jax/evaluate/) of `config.evals` entries without a type.
   default_evaluator: str = "mean"
+  #: Where a downstream run finds the encoder in this objective's params
+  #: (`config.init_from.source_prefix`); '' = the whole tree.
+  encoder_prefix: str = ""
+
+  @classmethod
+  def encoder_model_config(cls, model_config: Any) -> Any:
+    """The model config that builds the encoder at `encoder_prefix`: the
+    run's `config.model` itself, unless the objective nests it."""
+    return model_config
 
   def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo,
                run_length: tuple[int, int] | None = None):

@@ -157,3 +157,30 @@ def load_init_from(cfg, info: DatasetInfo, params: Any, model_state: Any,
                f" ({', '.join(left[:8])}{', ...' if len(left) > 8 else ''})"
                if left else "")
   return _unflat(flat_params), new_state
+
+
+def pretrained_encoder(workdir: str) -> tuple[Any, str]:
+  """(model config of the encoder, its source prefix) of the run in `workdir`.
+
+  For configs that put a decoder or a new head on another run's encoder:
+  the encoder must be built exactly as it was trained (its `config.model`,
+  read from the run's newest checkpoint), and its parameters sit under the
+  objective's `encoder_prefix` ('encoder' for MAE, 'student/backbone' for
+  DINO, '' for a supervised run).
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from eo_jax.errors import ConfigValueError  # pylint: disable=g-import-not-at-top
+  from eo_jax.objectives import OBJECTIVES  # pylint: disable=g-import-not-at-top
+  directory = os.path.join(workdir, "checkpoints")
+  checkpointer = Checkpointer(directory) if os.path.isdir(directory) else None
+  if checkpointer is None or checkpointer.latest_step() is None:
+    raise ConfigValueError(
+        f"init={workdir!r} holds no checkpoint; train the encoder first (e.g. "
+        "python main.py --config=configs/mae_s2.py:path=... --workdir=...) or "
+        "leave init empty to start from scratch.")
+  saved = json.loads(checkpointer.restore_meta()["config"])
+  checkpointer.close()
+  objective = OBJECTIVES.get(saved["objective"])
+  model = objective.encoder_model_config(ml_collections.ConfigDict(saved["model"]))
+  return model, objective.encoder_prefix

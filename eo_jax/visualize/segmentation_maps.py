@@ -16,6 +16,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 IGNORE_COLOUR = (0.0, 0.0, 0.0)
+ERROR_COLOURS = {"right": (0.2, 0.7, 0.3), "wrong": (0.85, 0.1, 0.1)}
 
 
 def class_colours(num_classes: int) -> np.ndarray:
@@ -52,8 +53,9 @@ def colourise(mask: np.ndarray, num_classes: int,
 def plot_segmentation(rgb: np.ndarray, mask: np.ndarray, pred: np.ndarray,
                       class_names: Sequence[str], *,
                       ignore_index: int | None = None,
+                      show_errors: bool = False,
                       title: str | None = None) -> Figure:
-  """Draws image | ground truth | prediction side by side, one row per example.
+  """Draws image | ground truth | prediction (| errors), one row per example.
 
   Args:
     rgb: (H, W, 3) or (N, H, W, 3) picture in [0, 1] (see
@@ -62,10 +64,13 @@ def plot_segmentation(rgb: np.ndarray, mask: np.ndarray, pred: np.ndarray,
     pred: predicted class ids, the same shape as `mask`.
     class_names: K names; class k always gets the same colour.
     ignore_index: mask value for unlabelled pixels (drawn black).
+    show_errors: add a fourth panel: wrong pixels red, right ones green,
+      unlabelled ones black.
     title: figure title.
 
   Returns:
-    The figure: one row of three panels per example, the legend on the right.
+    The figure: one row of three (four) panels per example, the legend on the
+    right.
   """
   rgb, mask, pred = np.asarray(rgb), np.asarray(mask), np.asarray(pred)
   if mask.ndim == 2:
@@ -80,19 +85,29 @@ def plot_segmentation(rgb: np.ndarray, mask: np.ndarray, pred: np.ndarray,
   truth_rgb = colourise(mask, k, ignore_index)
   pred_rgb = colourise(pred, k, None)
   n = mask.shape[0]
+  panels = 4 if show_errors else 3
+  if show_errors:
+    labelled = (mask != ignore_index) if ignore_index is not None else np.ones(mask.shape, bool)
+    errors = np.zeros(mask.shape + (3,), np.float32)
+    errors[labelled & (mask == pred)] = ERROR_COLOURS["right"]
+    errors[labelled & (mask != pred)] = ERROR_COLOURS["wrong"]
 
-  fig = Figure(figsize=(9.0 + (1.5 if k > 0 else 0), 3.0 * n + 0.4),
+  fig = Figure(figsize=(3.0 * panels + (1.5 if k > 0 else 0), 3.0 * n + 0.4),
                layout="constrained")
-  axes = fig.subplots(n, 3, squeeze=False)
+  axes = fig.subplots(n, panels, squeeze=False)
   for row in range(n):
-    for col, (picture, name) in enumerate(
-        ((np.clip(rgb[row], 0, 1), "image"), (truth_rgb[row], "ground truth"),
-         (pred_rgb[row], "prediction"))):
+    pictures = [(np.clip(rgb[row], 0, 1), "image"), (truth_rgb[row], "ground truth"),
+                (pred_rgb[row], "prediction")]
+    if show_errors:
+      accuracy = float(np.mean(mask[row][labelled[row]] == pred[row][labelled[row]])
+                       ) if labelled[row].any() else float("nan")
+      pictures.append((errors[row], f"errors (accuracy {accuracy:.2f})"))
+    for col, (picture, name) in enumerate(pictures):
       ax = axes[row, col]
       ax.imshow(picture, interpolation="nearest")
       ax.set_xticks([])
       ax.set_yticks([])
-      if row == 0:
+      if row == 0 or col == 3:  # each row has its own error rate
         ax.set_title(name)
   handles = [matplotlib.patches.Patch(color=c, label=name)
              for c, name in zip(class_colours(k), class_names)]
@@ -102,4 +117,28 @@ def plot_segmentation(rgb: np.ndarray, mask: np.ndarray, pred: np.ndarray,
   fig.legend(handles=handles, loc="outside right center", fontsize="small")
   if title:
     fig.suptitle(title)
+  return fig
+
+
+def plot_label_map(labels: np.ndarray, class_names: Sequence[str], *,
+                   ignore_index: int | None = None,
+                   title: str | None = None) -> Figure:
+  """One (H, W) label map in the fixed class colours, with a legend."""
+  labels = np.asarray(labels)
+  if labels.ndim != 2:
+    raise ValueError(f"labels must be (H, W), got shape {labels.shape}.")
+  k = len(class_names)
+  h, w = labels.shape
+  side = 8.0
+  fig = Figure(figsize=(side * min(w / h, 2.0) + 2.0, side * min(h / w, 2.0)),
+               layout="constrained")
+  ax = fig.subplots()
+  ax.imshow(colourise(labels, k, ignore_index), interpolation="nearest")
+  ax.set_xticks([])
+  ax.set_yticks([])
+  handles = [matplotlib.patches.Patch(color=c, label=name)
+             for c, name in zip(class_colours(k), class_names)]
+  fig.legend(handles=handles, loc="outside right center", fontsize="small")
+  if title:
+    ax.set_title(title)
   return fig
