@@ -28,6 +28,13 @@ most 100 tiles per split to bound the feature extraction).
 Variants (`configs/dino_whu.py:key=value,...`):
   path=            the WHU-OHS folder (holding tr/, val/, ts/).
   variant=S/8      ViT size and patch.
+  model=vit        or 'spectral_vit': the spatial-spectral ViT
+                   (eo_jax/models/spectral_vit.py) of the same size, the 32
+                   bands in 8 groups of 4 (wavelength order), factorized
+                   spatial / spectral attention, with DINO's spectral
+                   masking: 2 of the 8 groups (spectral_mask_ratio 0.25)
+                   hidden from the student in every global crop. Every
+                   other setting (and runlocal) as for the ViT.
   epochs=100
   small_data=True  DINOv2's defaults scaled to a few hundred tiles and a
                    small GPU or a CPU; each change and why:
@@ -67,10 +74,14 @@ import ml_collections
 from eo_jax.config import base_config, parse_arg, probe_evals, smoke_run, tiny_vit
 from eo_jax.objectives import dino
 
+MODELS = ("vit", "spectral_vit")
+
 
 def get_config(arg=None):
-  arg = parse_arg(arg, path="", variant="S/8", epochs=100, small_data=False,
-                  runlocal=False)
+  arg = parse_arg(arg, path="", variant="S/8", model="vit", epochs=100,
+                  small_data=False, runlocal=False)
+  if arg.model not in MODELS:
+    raise ValueError(f"model must be one of {MODELS}, got {arg.model!r}.")
   c = base_config()
   c.objective = "dino"
 
@@ -78,12 +89,18 @@ def get_config(arg=None):
       name="whu_ohs", path=str(arg.path), task="unlabelled", patch_size=64,
       max_tiles=0))
 
-  c.model.name = "vit"
+  c.model.name = arg.model
   c.model.variant = arg.variant
   c.model.layerscale_init = 1e-5
   c.model.drop_path = 0.3
 
   c.dino = dino.default_config(global_size=64, local_size=32, num_local=8)
+  if arg.model == "spectral_vit":
+    # 466-940 nm in 8 groups of 4 neighbouring bands; a quarter of them
+    # hidden from the student's global crops.
+    c.model.mode = "factorized"
+    c.model.group_size = 4
+    c.dino.spectral_mask_ratio = 0.25
 
   c.input.batch_size = 256
   c.input.eval_batch_size = 256

@@ -63,6 +63,19 @@ is the better network; `embed_from='student'` switches). `visualize` draws
 `patch_pca.png` (first three PCA components of the patch tokens), with a
 `_<split>` suffix for splits other than 'val'. The backbone may be any token
 backbone (eo_jax/models/backbone.py).
+
+Spatial-spectral ViT ('spectral_vit'): the iBOT masks are (B, N) masks of
+its spatial patch grid (`mask=` hides every band group of a patch) and the
+iBOT loss reads its 'patch_tokens' (the mean over groups), so everything
+above works unchanged. Spectral masking adds to it:
+`config.dino.spectral_mask_ratio` > 0 hides, in every STUDENT global crop,
+round(G * ratio) of its G band groups (at most G - 1: one group always
+stays), drawn per crop (`masking.random_group_mask`) from the step's key;
+the backbone replaces their tokens by its mask token (`group_mask=`), so
+the student's output does not depend on those bands, while the teacher
+and the local crops see every group. The student must then match the
+teacher's view of the whole spectrum from part of it. A backbone without
+band groups (`num_groups`) refuses a ratio > 0.
 """
 from __future__ import annotations
 
@@ -84,6 +97,7 @@ from eo_jax.errors import ConfigValueError
 from eo_jax.models.common import l2_normalize
 from eo_jax.models.dino_head import DINOHead
 from eo_jax.objectives import centering
+from eo_jax.objectives import masking
 from eo_jax.objectives.base import (OBJECTIVES, Objective, StepOutput,
                                     TrainState, Variables, display_bands,
                                     objective_settings, png_name, token_backbone)
@@ -134,12 +148,19 @@ DEFAULTS: dict[str, Any] = {
     "mask_ratio": (0.1, 0.5),
     "mask_probability": 0.5,
     "mask_attempts": 16,
+    # Spectral masking (band-group backbones): fraction of the band groups
+    # hidden in each student global crop; 0 = off.
+    "spectral_mask_ratio": 0.0,
     # Evaluation.
     "embed_from": "teacher",        # or 'student'
     "vis_examples": 4,
 }
 
 CENTERINGS = ("sinkhorn_knopp", "softmax")
+
+# Folded into the step's key for the spectral masks, so that the keys of the
+# iBOT masks, dropout and local crops stay those of a run without them.
+_SPECTRAL_MASK_SALT = 0x5BEC
 
 
 def default_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -226,6 +247,7 @@ class DINO(Objective):
 
   main_metric = "loss"
   default_evaluator = "dino"
+  encoder_prefix = "student/backbone"
 
   def __init__(self, config: ml_collections.ConfigDict, info: DatasetInfo,
                run_length: tuple[int, int] | None = None):
@@ -256,6 +278,8 @@ class DINO(Objective):
     self.ibot_head = (head(s["ibot_num_prototypes"]) if self.separate_ibot_head
                       else self.dino_head)
     self._num_prefix = int(self.backbone.num_prefix_tokens)
+    self.num_masked_groups = self._spectral_masking(
+        float(s["spectral_mask_ratio"]))
 
     steps_per_epoch, total_steps = (
         run_length if run_length is not None else pipeline.run_length(
@@ -269,6 +293,37 @@ class DINO(Objective):
     self.freeze_steps = int(round(float(s["freeze_last_layer_epochs"])
                                   * steps_per_epoch))
     self._vis_fn = None
+
+  def _spectral_masking(self, ratio: float) -> int:
+    """Band groups hidden per student global crop (0 = off), or an error."""
+    if not 0.0 <= ratio < 1.0:
+      raise ConfigValueError(f"config.dino.spectral_mask_ratio must be in "
+                             f"[0, 1), got {ratio}.")
+    if ratio == 0.0:
+      return 0
+    groups = getattr(self.backbone, "num_groups", None)
+    if groups is None:
+      raise ConfigValueError(
+          f"config.dino.spectral_mask_ratio={ratio} hides band groups and "
+          f"needs a backbone with band groups (config.model.name="
+          f"'spectral_vit'); {type(self.backbone).__name__} has none. Set "
+          "config.dino.spectral_mask_ratio=0.")
+    count = masking.num_masked_groups(int(groups), ratio)
+    if count < 1:
+      raise ConfigValueError(
+          f"config.dino.spectral_mask_ratio={ratio} hides no band group of "
+          f"{groups} (one must stay visible); use a larger ratio or more "
+          "groups (config.model.group_size / groups).")
+    return count
+
+  def spectral_masks(self, rng: jax.Array, num_crops: int) -> jax.Array | None:
+    """(num_crops, G) bool groups hidden from the student for the step's key
+    `rng` (None when spectral masking is off)."""
+    if not self.num_masked_groups:
+      return None
+    return masking.random_group_mask(
+        jax.random.fold_in(rng, _SPECTRAL_MASK_SALT), num_crops,
+        int(self.backbone.num_groups), self.num_masked_groups)
 
   # ---------------------------------------------------------------- views
   def train_views(self) -> MultiCrop:
@@ -297,10 +352,13 @@ class DINO(Objective):
                                                 x)
 
   def _backbone(self, params, image: jax.Array, *, mask=None,
+                group_mask: jax.Array | None = None,
                 rng: jax.Array | None = None) -> dict[str, jax.Array]:
     rngs = {"dropout": rng} if rng is not None else {}
+    # `group_mask` only when set: a plain ViT does not take it.
+    extra = {} if group_mask is None else {"group_mask": group_mask}
     _, features = self.backbone.apply({"params": params}, image, rng is not None,
-                                      mask=mask, rngs=rngs)
+                                      mask=mask, rngs=rngs, **extra)
     return features
 
   def _masked_tokens(self, features: Mapping[str, jax.Array],
@@ -376,6 +434,10 @@ class DINO(Objective):
           s["mask_probability"], attempts=int(s["mask_attempts"]))
       indices, valid = block_masking.masked_patch_indices(mask, self.max_masked)
       metrics["masked_fraction"] = jnp.mean(mask.astype(jnp.float32))
+    group_mask = self.spectral_masks(rng, num_global * b)
+    if group_mask is not None:
+      metrics["masked_group_fraction"] = jnp.mean(
+          group_mask.astype(jnp.float32))
 
     # Teacher: global crops, unmasked.
     t_features = self._backbone(teacher["backbone"], globals_)
@@ -385,9 +447,10 @@ class DINO(Objective):
     if center is not None:
       extra["dino_center"] = center
 
-    # Student: masked global crops and local crops.
+    # Student: masked global crops (band groups too, with spectral masking)
+    # and local crops.
     s_features = self._backbone(student["backbone"], globals_, mask=mask,
-                                rng=global_rng)
+                                group_mask=group_mask, rng=global_rng)
     s_cls_logits = [s_dino(s_features["cls"]).reshape(num_global, b, -1)]
     if "local_crops" in batch:
       locals_ = crop_major(batch["local_crops"])

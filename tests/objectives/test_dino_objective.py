@@ -19,6 +19,7 @@ from eo_jax.data import block_masking
 from eo_jax.data import pipeline
 from eo_jax.data.datasets import build_dataset
 from eo_jax.objectives import OBJECTIVES
+from eo_jax.objectives import dino as dino_lib
 from eo_jax.objectives.base import TrainState
 from eo_jax.evaluate.dino import DINOMetrics
 from eo_jax.objectives.dino import crop_major
@@ -213,8 +214,9 @@ def _perturbed(tree, seed, scale):
 
 
 @functools.lru_cache(maxsize=None)
-def _wired(centering, num_local=2):
-  config = dino_config(centering=centering, warmup_teacher_temp_epochs=3.0,
+def _wired(centering, num_local=2, model="vit"):
+  config = dino_config(f"runlocal=True,model={model}", centering=centering,
+                       warmup_teacher_temp_epochs=3.0,
                        num_local=num_local,
                        freeze_last_layer_epochs=1.0,
                        ibot_separate_head=centering == "softmax",
@@ -238,9 +240,11 @@ def _wired(centering, num_local=2):
   return obj, batch, jnp.asarray(images), state
 
 
-def _apply(obj, params, image, mask=None):
+def _apply(obj, params, image, mask=None, group_mask=None):
   """(class-token logits, patch-token logits of the iBOT head, features)."""
-  _, f = obj.backbone.apply({"params": params["backbone"]}, image, mask=mask)
+  hide = {} if group_mask is None else {"group_mask": group_mask}
+  _, f = obj.backbone.apply({"params": params["backbone"]}, image, mask=mask,
+                            **hide)
   tokens = f["patch_tokens"].reshape(image.shape[0], -1, f["patch_tokens"].shape[-1])
   if "ibot_head" in params:
     patch_logits = obj.ibot_head.apply({"params": params["ibot_head"]}, tokens)
@@ -250,12 +254,21 @@ def _apply(obj, params, image, mask=None):
           patch_logits, f["cls"])
 
 
-def _dino_by_hand(obj, batch, state, mask_key):
-  """DINOv2's loss and metrics, crop by crop, in numpy."""
+def _dino_by_hand(obj, batch, state, mask_key, group_masks=None,
+                  student_crops=None):
+  """DINOv2's loss and metrics, crop by crop, in numpy.
+
+  `group_masks` (2B, G): band groups hidden from the student's global crops
+  (crop-major, as the iBOT masks); `student_crops` replaces the global crops
+  the student sees (the teacher still sees the batch's).
+  """
   apply = jax.jit(functools.partial(_apply, obj))
   teacher, student = state.extra["teacher"], state.params["student"]
   crops = np.asarray(batch["global_crops"])
+  s_crops = crops if student_crops is None else np.asarray(student_crops)
   b = crops.shape[0]
+  groups = lambda v: (None if group_masks is None
+                      else jnp.asarray(group_masks[v * b:(v + 1) * b]))
   # The iBOT masks of the 2B global crops, all first crops then all second.
   masks = np.asarray(block_masking.ibot_masks(mask_key, 2 * b, (4, 4), (0.1, 0.5),
                                               0.5, attempts=16))
@@ -265,7 +278,8 @@ def _dino_by_hand(obj, batch, state, mask_key):
     t_cls.append(out[0])
     t_patch.append(out[1])
     out = [np.asarray(x, np.float64) for x in apply(
-        student, crops[:, v], jnp.asarray(masks[v * b:(v + 1) * b]))]
+        student, s_crops[:, v], jnp.asarray(masks[v * b:(v + 1) * b]),
+        groups(v))]
     s_cls.append(out[0])
     s_patch.append(out[1])
     s_tokens.append(out[2])
@@ -295,6 +309,8 @@ def _dino_by_hand(obj, batch, state, mask_key):
   assert counts.min() == 0 and counts.max() > 0  # half the crops are masked
   metrics = {"dino_loss": dino, "koleo_loss": koleo / 2, "ibot_loss": ibot,
              "teacher_temp": TEMP, "masked_fraction": masks.mean()}
+  if group_masks is not None:
+    metrics["masked_group_fraction"] = np.mean(group_masks)
   return 1.0 * dino + 0.1 * koleo + 1.0 * ibot, metrics, centers
 
 
@@ -351,3 +367,81 @@ def test_after_update_mid_schedule_in_numpy():
                           state.extra["teacher"], state.params["student"])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                new["teacher"], expected)
+
+
+# ------------------------------------- the spatial-spectral ViT backbone
+#
+# configs/dino_whu.py:model=spectral_vit: the 32 bands in 8 groups of 4, a
+# factorized spatial-spectral ViT; iBOT's block masks on its 4 x 4 spatial
+# grid, and 2 of the 8 groups hidden from every student global crop.
+
+
+def _group_masks_by_hand(obj, rng, num_crops):
+  """The step's spectral masks: uniform noise per (crop, group) from the
+  step key folded with the objective's salt; the 2 lowest are hidden."""
+  noise = np.asarray(jax.random.uniform(
+      jax.random.fold_in(rng, dino_lib._SPECTRAL_MASK_SALT),  # pylint: disable=protected-access
+      (num_crops, 8)))
+  rank = np.argsort(np.argsort(noise, axis=1), axis=1)
+  return rank < 2
+
+
+def test_spectral_vit_variant_masks_groups_of_the_student_only():
+  obj, batch, _, state = _wired("sinkhorn_knopp", 2, "spectral_vit")
+  assert obj.backbone.num_groups == 8 and obj.num_masked_groups == 2
+  rng = jax.random.key(7)
+  loss, out = jax.jit(obj.loss)(state.params, state, batch, rng)
+  b = batch["global_crops"].shape[0]
+  groups = _group_masks_by_hand(obj, rng, 2 * b)
+  np.testing.assert_array_equal(obj.spectral_masks(rng, 2 * b), groups)
+  mask_key = jax.random.split(rng, 3)[0]
+  expected, metrics, _ = _dino_by_hand(obj, batch, state, mask_key, groups)
+  np.testing.assert_allclose(float(loss), expected, rtol=2e-5)
+  for name, value in metrics.items():
+    np.testing.assert_allclose(float(out.metrics[name]), value, rtol=2e-5,
+                               err_msg=name)
+  assert float(out.metrics["masked_group_fraction"]) == 0.25
+
+  # The hidden groups' bands do not reach the student: new values there,
+  # in the student's crops only, give the same loss, ...
+  crops = np.array(batch["global_crops"])
+  channels = [np.concatenate([obj.backbone.group_channels[g]
+                              for g in np.flatnonzero(row)])
+              for row in groups]
+  noisy = crops.copy()
+  rng_np = np.random.default_rng(5)
+  for v in range(2):
+    for i in range(b):
+      noisy[i, v][..., channels[v * b + i]] = rng_np.normal(
+          size=noisy[i, v][..., channels[v * b + i]].shape)
+  same, _, _ = _dino_by_hand(obj, batch, state, mask_key, groups,
+                             student_crops=noisy)
+  np.testing.assert_allclose(same, expected, rtol=2e-5)
+  # ... while a visible group's bands do count,
+  shown = crops.copy()
+  visible = [g for g in range(8) if not groups[0, g]][0]
+  shown[0, 0][..., list(obj.backbone.group_channels[visible])] += 1.0
+  moved, _, _ = _dino_by_hand(obj, batch, state, mask_key, groups,
+                              student_crops=shown)
+  assert abs(moved - expected) > 1e-4 * abs(expected)
+  # and in the objective, new values in the hidden bands of the batch leave
+  # the student's class tokens (KoLeo reads only them) as they were but
+  # move the loss: the teacher sees every group.
+  loss_noisy, out_noisy = jax.jit(obj.loss)(
+      state.params, state, dict(batch, global_crops=jnp.asarray(noisy)), rng)
+  np.testing.assert_allclose(out_noisy.metrics["koleo_loss"],
+                             out.metrics["koleo_loss"], rtol=1e-6)
+  assert abs(float(loss_noisy) - float(loss)) > 1e-5 * abs(float(loss))
+
+
+def test_spectral_masking_config_errors_name_the_fix():
+  with pytest.raises(ValueError, match="config.model.name='spectral_vit'"):
+    _objective(dino_config(spectral_mask_ratio=0.25))
+  spectral = "runlocal=True,model=spectral_vit"
+  with pytest.raises(ValueError, match="hides no band group of 8"):
+    _objective(dino_config(spectral, spectral_mask_ratio=0.05))
+  with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+    _objective(dino_config(spectral, spectral_mask_ratio=1.0))
+  # Off (the default) on either backbone.
+  assert _objective(dino_config(spectral, spectral_mask_ratio=0.0)
+                    ).num_masked_groups == 0

@@ -77,3 +77,73 @@ def test_every_patch_is_masked_at_the_ratio_on_average():
   freq = np.asarray(m.mask).mean(axis=0)
   # Binomial(4000, 0.75) per patch: std 0.0068; 5 std of slack.
   np.testing.assert_allclose(freq, 0.75, atol=0.035)
+
+
+# ------------------------------------------------- band-group tokens
+
+
+@pytest.mark.parametrize("unit,visible_tokens", [("patches", 3 * 4),
+                                                 ("tokens", 12),
+                                                 ("groups", 1 * 16)])
+def test_token_masking_expands_the_units_to_group_patch_tokens(unit,
+                                                               visible_tokens):
+  b, g, n = 4, 3, 16
+  tm = masking.token_masking(jax.random.key(6), b, g, n, 0.75, unit)
+  keep = np.asarray(tm.tokens.keep_indices)
+  mask = np.asarray(tm.tokens.mask).reshape(b, g, n)
+  units = np.asarray(tm.units.mask)
+  assert keep.shape == (b, visible_tokens)
+  np.testing.assert_array_equal(mask.reshape(b, -1).sum(1), g * n - visible_tokens)
+  # The token mask is the unit mask spread over its tokens.
+  # Visible tokens: group-major over the kept units, each one once.
+  unit_keep = np.asarray(tm.units.keep_indices)
+  if unit == "patches":
+    expected = np.broadcast_to(units[:, None, :], (b, g, n))
+    order = np.arange(g)[None, :, None] * n + unit_keep[:, None, :]
+  elif unit == "tokens":
+    expected, order = units.reshape(b, g, n), unit_keep
+  else:
+    expected = np.broadcast_to(units[:, :, None], (b, g, n))
+    order = unit_keep[:, :, None] * n + np.arange(n)[None, None]
+  np.testing.assert_array_equal(mask, expected)
+  np.testing.assert_array_equal(keep, order.reshape(b, -1))
+  for row in range(b):
+    assert len(set(keep[row])) == visible_tokens
+    np.testing.assert_array_equal(mask.reshape(b, -1)[row, keep[row]], 0.0)
+  # [visible tokens, placeholders] un-shuffles onto the token grid.
+  ids = jnp.broadcast_to(jnp.arange(g * n), (b, g * n))
+  visible = jnp.take_along_axis(ids, tm.tokens.keep_indices, axis=1)
+  shuffled = jnp.concatenate(
+      [visible, jnp.full((b, g * n - visible_tokens), -1)], axis=1)
+  restored = np.asarray(unshuffle(shuffled, tm.tokens.restore_indices))
+  hidden = mask.reshape(b, -1) > 0
+  np.testing.assert_array_equal(restored[~hidden], np.asarray(ids)[~hidden])
+  np.testing.assert_array_equal(restored[hidden], -1)
+
+
+def test_token_masking_of_tokens_is_random_masking_of_g_times_n():
+  a = masking.token_masking(jax.random.key(7), 2, 3, 4, 0.5, "tokens")
+  b = masking.random_masking(jax.random.key(7), 2, 12, 0.5)
+  for x, y in zip(a.tokens, b):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_token_masking_errors_name_the_unit():
+  with pytest.raises(ValueError, match="keeps 0 of 1 groups"):
+    masking.token_masking(jax.random.key(0), 2, 1, 16, 0.75, "groups")
+  with pytest.raises(ValueError, match="config.mae.masking"):
+    masking.token_masking(jax.random.key(0), 2, 3, 16, 0.75, "bands")
+
+
+@pytest.mark.parametrize("groups,ratio,hidden", [(4, 0.25, 1), (5, 0.5, 3),
+                                                 (3, 0.9, 2), (2, 0.2, 0)])
+def test_random_group_mask_hides_a_fixed_count_and_keeps_one(groups, ratio,
+                                                             hidden):
+  assert masking.num_masked_groups(groups, ratio) == hidden
+  m = np.asarray(masking.random_group_mask(jax.random.key(8), 500, groups,
+                                           hidden))
+  assert m.shape == (500, groups) and m.dtype == bool
+  np.testing.assert_array_equal(m.sum(1), hidden)
+  if hidden:
+    # Every group is hidden about hidden / groups of the time.
+    np.testing.assert_allclose(m.mean(0), hidden / groups, atol=0.1)

@@ -1,0 +1,154 @@
+"""The spatial-spectral ViT under every objective, end to end.
+
+configs/mae_spectral.py and configs/dino_spectral.py (runlocal: synthetic
+16-band data, a tiny factorized spectral ViT) and a supervised tiny run
+with a 'joint' spectral ViT each train through the trainer, are
+interrupted by a simulated crash after their step-2 checkpoint, and resume:
+the resumed run must end with exactly the parameters (and DINO's teacher)
+of an uninterrupted one.
+"""
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from eo_jax import config as config_lib
+from eo_jax.data.datasets import build_dataset
+from eo_jax.objectives import OBJECTIVES
+from eo_jax.train import trainer
+from tiny import Crash, tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, arg: str = ""):
+  path = os.path.join(ROOT, "configs", name)
+  return config_lib.load_config(f"{path}:{arg}", lock=False)
+
+
+def _final_state(box, last_step, crash_at=None):
+  """A trainer hook: raises `Crash` at `crash_at`; keeps the state of
+  `last_step` in `box`."""
+  def hook(step, state):
+    if step == crash_at:
+      raise Crash(f"simulated crash at step {step}")
+    if step == last_step:
+      box["params"], box["extra"] = jax.device_get((state.params, state.extra))
+  return hook
+
+
+def _assert_resumes_exactly(config, tmp_path, steps, crash_at=3):
+  """Trains `config` straight and with a crash at `crash_at` then a resume;
+  returns the straight run's results and final state."""
+  config.train.checkpoint_every_steps = 2
+  straight, resumed = {}, {}
+  results = trainer.train_and_evaluate(config, str(tmp_path / "a"),
+                                       hooks=[_final_state(straight, steps)])
+  assert results["step"] == steps
+  with pytest.raises(Crash):
+    trainer.train_and_evaluate(config, str(tmp_path / "b"),
+                               hooks=[_final_state({}, steps, crash_at)])
+  again = trainer.train_and_evaluate(config, str(tmp_path / "b"),
+                                     hooks=[_final_state(resumed, steps)])
+  jax.tree.map(np.testing.assert_array_equal, straight["params"],
+               resumed["params"])
+  jax.tree.map(np.testing.assert_array_equal, straight["extra"],
+               resumed["extra"])
+  assert again["val"] == results["val"]
+  return results, straight
+
+
+# ------------------------------------------------------------------ configs
+
+
+@pytest.mark.parametrize("name", ["mae_spectral.py", "dino_spectral.py"])
+def test_configs_pretrain_the_spectral_vit_on_a_cube(name):
+  module = config_lib.config_module(os.path.join(ROOT, "configs", name))
+  first = module.__doc__.strip().splitlines()
+  assert any(line.strip().startswith(f"python main.py --config=configs/{name}")
+             for line in first[:4])
+  config = load_config(name, "path=/data/cube.hdr")
+  assert config.data.name == "cube" and config.data.path == "/data/cube.hdr"
+  assert config.data.task == "unlabelled"
+  assert config.model.name == "spectral_vit"
+  assert config.model.mode == "factorized" and config.model.group_size == 8
+  tiny = load_config(name, "runlocal=True")
+  assert tiny.data.name == "synthetic" and tiny.data.num_bands == 16
+  assert 0 < tiny.train.steps <= 50
+  with pytest.raises(ValueError, match="mode must be one of"):
+    load_config(name, "mode=spectral")
+
+
+def test_mae_spectral_arguments_reach_the_objective():
+  config = load_config("mae_spectral.py", "mode=joint,masking=tokens,"
+                       "group_size=5,mask_ratio=0.6,window=48")
+  assert (config.model.mode, config.model.group_size) == ("joint", 5)
+  assert (config.mae.masking, config.mae.mask_ratio) == ("tokens", 0.6)
+  assert config.data.patch_size == 48
+  with pytest.raises(ValueError, match="masking must be one of"):
+    load_config("mae_spectral.py", "masking=bands")
+  tiny = load_config("mae_spectral.py", "runlocal=True")
+  obj = OBJECTIVES.get("mae")(tiny, build_dataset(tiny.data).info)
+  # 16 bands in groups of 3: five of 3 and one of 1 (padded to 3).
+  assert [len(g) for g in obj.groups] == [3, 3, 3, 3, 3, 1]
+
+
+def test_dino_spectral_masks_groups_and_probes_a_label_map():
+  config = load_config("dino_spectral.py", "path=/c.npy,label_path=/gt.npy")
+  assert config.dino.spectral_mask_ratio == 0.25
+  assert config.evals.knn.data.path == "/c.npy"
+  assert config.evals.knn.data.label_path == "/gt.npy"
+  assert config.evals.knn.image_size == 16
+  assert "knn" not in load_config("dino_spectral.py", "path=/c.npy").evals
+  off = load_config("dino_spectral.py", "spectral_mask=0")
+  assert off.dino.spectral_mask_ratio == 0.0
+
+
+def test_dino_whu_model_variant():
+  vit = load_config("dino_whu.py")
+  spectral = load_config("dino_whu.py", "model=spectral_vit")
+  assert vit.model.name == "vit" and vit.dino.spectral_mask_ratio == 0.0
+  assert spectral.model.name == "spectral_vit"
+  assert spectral.model.group_size == 4
+  assert spectral.dino.spectral_mask_ratio == 0.25
+  # Everything else is the ViT recipe.
+  for key in ("variant", "layerscale_init", "drop_path"):
+    assert spectral.model[key] == vit.model[key], key
+  assert spectral.optim == vit.optim
+  with pytest.raises(ValueError, match="model must be one of"):
+    load_config("dino_whu.py", "model=resnet")
+
+
+# ------------------------------------------------- training and resuming
+
+
+def test_supervised_joint_spectral_vit_trains_and_resumes(tmp_path):
+  config = tiny_config(**{"train.steps": 6, "train.eval_every_steps": 3})
+  config.unlock()
+  config.model = ml_collections.ConfigDict(dict(
+      name="spectral_vit", variant="Ti/4", width=32, depth=1, num_heads=2,
+      mlp_dim=64, mode="joint", group_size=2))
+  results, _ = _assert_resumes_exactly(config, tmp_path, 6)
+  assert np.isfinite(results["test"]["loss"])
+
+
+def test_mae_spectral_runlocal_trains_and_resumes(tmp_path):
+  # Factorized with whole band groups hidden: the encoder's mask token route.
+  config = load_config("mae_spectral.py", "runlocal=True,masking=groups")
+  results, state = _assert_resumes_exactly(config, tmp_path, 6)
+  assert "mask_token" in state["params"]["encoder"]
+  assert np.isfinite(results["val"]["loss"])
+  assert (tmp_path / "a" / "reconstruction.png").stat().st_size > 0
+
+
+def test_dino_spectral_runlocal_trains_and_resumes(tmp_path):
+  config = load_config("dino_spectral.py", "runlocal=True")
+  results, state = _assert_resumes_exactly(config, tmp_path, 6)
+  assert set(results) >= {"val", "probe"}
+  for name in ("attention.png", "patch_pca.png"):
+    assert (tmp_path / "a" / name).stat().st_size > 0, name
+  student, teacher = state["params"]["student"], state["extra"]["teacher"]
+  kernel = lambda t: t["backbone"]["spatial_0"]["mlp"]["fc1"]["kernel"]
+  assert not np.array_equal(kernel(student), kernel(teacher))
