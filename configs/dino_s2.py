@@ -30,6 +30,11 @@ covers 9-16 source pixels of a global crop and 7-18 of a local crop, so the
 probe sees objects ~2x larger than pretraining did (9 px -> 8 would be the
 same scale but a single token).
 
+Collapse diagnostics ('collapse' evaluator on the scene's val windows, every
+evaluation): teacher / student entropy and KL, prototypes in use and their
+perplexity, effective rank, normalised std and mean cosine of the class and
+patch tokens; a console warning below rank 4 or 8 prototypes.
+
 LayerScale 1e-5 is DINOv2's and suits long runs; in a 150-step CPU run it
 kept the class token nearly image-independent and the student settled on
 uniform outputs (benchmarks/README.md), so benchmarks/dino_s2.py turns it off.
@@ -50,7 +55,8 @@ import math
 
 import ml_collections
 
-from eo_jax.config import base_config, parse_arg, probe_evals, smoke_run, tiny_vit
+from eo_jax.config import (base_config, collapse_eval, parse_arg, probe_evals,
+                           smoke_run, tiny_vit)
 from eo_jax.objectives import dino
 
 
@@ -85,6 +91,8 @@ def get_config(arg=None):
   c.train.log_every_steps = 10
   c.train.eval_every_steps = 0
   c.train.keep_checkpoints = 2
+  # Effective rank, prototype use, entropies: a warning when it collapses.
+  collapse_eval(c)
   # The scene has train and val rows only: val during training and, on the
   # final state, once more at the end.
   c.evals.val.final = True

@@ -33,6 +33,10 @@ probes on the teacher's class token over the cube's classification
 patches (9 x 9 px around labelled pixels, resized to `probe_size` = 16 px,
 a 2 x 2 grid of 8 px patches). Without it, only DINO's own metrics.
 
+Collapse diagnostics at every evaluation (the 'collapse' evaluator, on the
+val split): entropies, KL, prototype use, effective ranks; a console warning
+when the run collapses.
+
 Variants (`configs/dino_spectral.py:key=value,...`):
   path=              the cube file (required).
   label_path=        a label map for the probes (optional).
@@ -58,7 +62,8 @@ import math
 
 import ml_collections
 
-from eo_jax.config import base_config, parse_arg, probe_evals, smoke_run, tiny_vit
+from eo_jax.config import (base_config, collapse_eval, parse_arg, probe_evals,
+                           smoke_run, tiny_vit)
 from eo_jax.objectives import dino
 
 MODES = ("factorized", "joint")
@@ -98,6 +103,8 @@ def get_config(arg=None):
   c.train.log_every_steps = 10
   c.train.eval_every_steps = 0
   c.train.keep_checkpoints = 2
+  # Effective rank, prototype use, entropies: a warning when it collapses.
+  collapse_eval(c)
   if arg.label_path:
     probe_data = ml_collections.ConfigDict(dict(
         name="cube", label_path=str(arg.label_path), task="classification"))

@@ -25,6 +25,10 @@ token over WHU-OHS classification patches (64 px, the majority class of
 patches at least 25% labelled; train tiles -> train, val tiles -> val; at
 most 100 tiles per split to bound the feature extraction).
 
+Collapse diagnostics at every evaluation (the 'collapse' evaluator, on the
+val split): entropies, KL, prototype use, effective ranks; a console warning
+when the run collapses.
+
 Variants (`configs/dino_whu.py:key=value,...`):
   path=            the WHU-OHS folder (holding tr/, val/, ts/).
   variant=S/8      ViT size and patch.
@@ -71,7 +75,8 @@ import math
 
 import ml_collections
 
-from eo_jax.config import base_config, parse_arg, probe_evals, smoke_run, tiny_vit
+from eo_jax.config import (base_config, collapse_eval, parse_arg, probe_evals,
+                           smoke_run, tiny_vit)
 from eo_jax.objectives import dino
 
 MODELS = ("vit", "spectral_vit")
@@ -112,6 +117,8 @@ def get_config(arg=None):
   c.train.log_every_steps = 20
   c.train.eval_every_steps = 0
   c.train.keep_checkpoints = 2
+  # Effective rank, prototype use, entropies: a warning when it collapses.
+  collapse_eval(c)
 
   probe_data = ml_collections.ConfigDict(dict(
       name="whu_ohs", task="classification", patch_size=64, max_tiles=100,

@@ -32,12 +32,16 @@ Variants (`configs/mae_s2.py:key=value,...`):
                    steps (what the tests run; uses a LEARNED position
                    embedding so that downstream tests exercise its resizing).
 
+Collapse diagnostics ('collapse' evaluator, every evaluation): effective
+rank, normalised std and mean cosine of the encoder's pooled and patch
+embeddings of the val windows.
+
 Downstream: configs/vit_eolearn.py linear-probes or fine-tunes the encoder
 with config.init_from (source_prefix 'encoder').
 """
 import ml_collections
 
-from eo_jax.config import base_config, parse_arg, smoke_run, tiny_vit
+from eo_jax.config import base_config, collapse_eval, parse_arg, smoke_run, tiny_vit
 from eo_jax.objectives import mae
 
 DECODERS = {"light": dict(decoder_width=128, decoder_depth=2, decoder_heads=4),
@@ -83,6 +87,8 @@ def get_config(arg=None):
   c.train.epochs = float(arg.epochs)
   c.train.log_every_steps = 10
   c.train.keep_checkpoints = 2
+  # Effective rank, prototype use, entropies: a warning when it collapses.
+  collapse_eval(c)
   # The scene has train and val rows only: val during training and, on the
   # final state, once more at the end.
   c.evals.val.final = True

@@ -47,13 +47,16 @@ Variants (`configs/mae_spectral.py:key=value,...`):
                      width 32, groups of 3 bands: 6 groups, the last of one
                      band, so group padding is exercised), a few steps.
 
+Collapse diagnostics at every evaluation (the 'collapse' evaluator): effective
+rank, normalised std and mean cosine of the encoder's embeddings.
+
 Downstream: the encoder is params['encoder'] (config.init_from
 .source_prefix = 'encoder'); with embed='wavelength' it loads onto another
 sensor's bands.
 """
 import ml_collections
 
-from eo_jax.config import base_config, parse_arg, smoke_run, tiny_vit
+from eo_jax.config import base_config, collapse_eval, parse_arg, smoke_run, tiny_vit
 from eo_jax.objectives import mae
 
 MODES = ("factorized", "joint")
@@ -101,6 +104,8 @@ def get_config(arg=None):
   c.train.epochs = float(arg.epochs)
   c.train.log_every_steps = 10
   c.train.keep_checkpoints = 2
+  # Effective rank, prototype use, entropies: a warning when it collapses.
+  collapse_eval(c)
 
   if arg.runlocal:
     c.data = ml_collections.ConfigDict(dict(

@@ -180,6 +180,21 @@ def probe_evals(config: ConfigDict, data: ConfigDict, *, split: str = "val",
                                         **common))
 
 
+def collapse_eval(config: ConfigDict, *, split: str = "val", min_rank: float = 4.0,
+                  min_std: float = 0.05, min_prototypes: float = 8,
+                  max_uniformity: float = 0.95, batch_size: int = 0) -> None:
+  """Adds the 'collapse' diagnostics (eo_jax/evaluate/collapse.py) of the
+  training data's `split` to `config.evals`, at every evaluation; a console
+  warning when the embeddings' effective rank or normalised std or the
+  prototypes in use fall below the thresholds, or DINO's teacher is near
+  uniform."""
+  config.evals.collapse = ConfigDict(dict(
+      type="collapse", split=split, min_rank=float(min_rank),
+      min_std=float(min_std), min_prototypes=float(min_prototypes),
+      max_uniformity=float(max_uniformity),
+      batch_size=int(batch_size)))
+
+
 def tiny_vit(model: ConfigDict, depth: int = 1) -> None:
   """Makes `config.model` the `runlocal` ViT: patch 4, width 32, 2 heads, MLP 64.
 

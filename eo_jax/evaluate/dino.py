@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from eo_jax.evaluate.collapse import prototype_usage
 from eo_jax.evaluate.common import EVALUATORS, PredictionEvaluator
 from eo_jax.evaluate.means import MeanMetrics
 
@@ -31,10 +32,9 @@ class DINOMetrics:
 
   def result(self) -> dict[str, float]:
     out = self._means.result()
-    _, counts = np.unique(np.concatenate(self._prototypes), return_counts=True)
-    p = counts / counts.sum()
-    out["prototypes_used"] = float(len(counts))
-    out["prototype_perplexity"] = float(np.exp(-(p * np.log(p)).sum()))
+    used, perplexity = prototype_usage(np.concatenate(self._prototypes))
+    out["prototypes_used"] = float(used)
+    out["prototype_perplexity"] = perplexity
     return out
 
 

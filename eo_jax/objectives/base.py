@@ -18,6 +18,10 @@ modules (model, decoder, teacher, heads) and tells the trainer:
   objectives that can `embed`, 'embed' ({'features': (B, D)}).
 * `embed(state, image)` -> (B, D) features for frozen-feature probes
   (optional; `has_embed` says whether the objective has it).
+* `diagnostics(state, image)` -> per-example arrays for the 'collapse'
+  evaluator (eo_jax/evaluate/collapse.py): 'cls' (B, D) and 'patch'
+  (B, N, D) embeddings, plus any per-example scalars and a 'prototype'
+  index (optional; `has_diagnostics`); `eval_fn('diagnostics')` gives it.
 * `predict(state, image)` -> what the model predicts for images (class
   logits, label-map logits, reconstructions); optional, for `Run.predict`.
 * `visualize(state, batch, step, split)` -> {path relative to the workdir:
@@ -229,9 +233,18 @@ class Objective(abc.ABC):
     raise UnsupportedError(f"objective {type(self).__name__} does not predict; "
                            "use embed() for features.")
 
+  def diagnostics(self, state: TrainState, image: jax.Array) -> dict[str, jax.Array]:
+    """Per-example collapse diagnostics inputs (optional, see the module
+    docstring and `has_diagnostics`)."""
+    raise UnsupportedError(f"objective {type(self).__name__} has no diagnostics.")
+
   @property
   def has_embed(self) -> bool:
     return type(self).embed is not Objective.embed
+
+  @property
+  def has_diagnostics(self) -> bool:
+    return type(self).diagnostics is not Objective.diagnostics
 
   def eval_fn(self, name: str) -> Callable:
     """The per-example function evaluators call by name, one object per name
@@ -242,8 +255,12 @@ class Objective(abc.ABC):
       elif name == "embed" and self.has_embed:
         self._eval_fns[name] = lambda state, batch: {
             "features": self.embed(state, batch["image"])}
+      elif name == "diagnostics" and self.has_diagnostics:
+        self._eval_fns[name] = lambda state, batch: self.diagnostics(
+            state, batch["image"])
       else:
-        known = ["eval"] + (["embed"] if self.has_embed else [])
+        known = (["eval"] + (["embed"] if self.has_embed else [])
+                 + (["diagnostics"] if self.has_diagnostics else []))
         raise ConfigError(f"objective {type(self).__name__} has no eval function "
                        f"{name!r}; it has {known}.")
     return self._eval_fns[name]

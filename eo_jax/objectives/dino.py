@@ -53,10 +53,12 @@ Evaluation (`eval_step`, per example, on the plain eval image): the
 cross-entropy between the teacher's plain softmax at the final temperature
 (no centring: Sinkhorn-Knopp is a batch operation, and a per-example value
 must not depend on its batch) and the student's distribution; the cosine
-between student and teacher class tokens; the teacher's entropy; and its
+between student and teacher class tokens; the teacher's and the student's
+entropies and KL(teacher || student) (= loss - teacher entropy); and its
 top prototype, from which the 'dino' evaluator (eo_jax/evaluate/dino.py)
 counts the prototypes in use (a collapse alarm: 1 means every image maps to
-the same prototype).
+the same prototype). `diagnostics` adds the class and patch tokens of the
+embedded network for the 'collapse' evaluator (eo_jax/evaluate/collapse.py).
 `embed` gives the TEACHER's class token (DINO evaluates the teacher, which
 is the better network; `embed_from='student'` switches). `visualize` draws
 `attention.png` (last-block class-token attention per head) and
@@ -492,21 +494,43 @@ class DINO(Objective):
     return extra
 
   def eval_step(self, state: TrainState, batch) -> dict[str, jax.Array]:
+    return self._eval_outputs(state, batch["image"])[0]
+
+  def _eval_outputs(self, state: TrainState, image: jax.Array
+                    ) -> tuple[dict[str, jax.Array], dict[str, dict[str, jax.Array]]]:
+    """(per-example eval outputs, {'teacher'|'student': backbone features})."""
     s = self.settings
-    image = batch["image"]
     teacher, student = state.extra["teacher"], state.params["student"]
     t_features = self._backbone(teacher["backbone"], image)
     s_features = self._backbone(student["backbone"], image)
     t_logits = self._heads(teacher)[0](t_features["cls"])
     s_logits = self._heads(student)[0](s_features["cls"])
     t_probs = jax.nn.softmax(t_logits / float(s["teacher_temp"]), axis=-1)
-    entropy = -jnp.sum(t_probs * jnp.log(jnp.maximum(t_probs, 1e-30)), axis=-1)
+    s_log_probs = jax.nn.log_softmax(s_logits / float(s["student_temp"]), axis=-1)
+    t_entropy = -jnp.sum(t_probs * jnp.log(jnp.maximum(t_probs, 1e-30)), axis=-1)
+    s_entropy = -jnp.sum(jnp.exp(s_log_probs) * s_log_probs, axis=-1)
+    loss = cross_entropy(t_probs, s_logits, float(s["student_temp"]))
     cosine = jnp.sum(l2_normalize(t_features["cls"].astype(jnp.float32), eps=1e-8)
                      * l2_normalize(s_features["cls"].astype(jnp.float32), eps=1e-8),
                      axis=-1)
-    return {"loss": cross_entropy(t_probs, s_logits, float(s["student_temp"])),
-            "cosine": cosine, "teacher_entropy": entropy,
-            "prototype": jnp.argmax(t_logits, axis=-1).astype(jnp.int32)}
+    outputs = {"loss": loss, "cosine": cosine, "teacher_entropy": t_entropy,
+               "student_entropy": s_entropy,
+               # KL(teacher || student) = H(teacher, student) - H(teacher).
+               "kl": loss - t_entropy,
+               "prototype": jnp.argmax(t_logits, axis=-1).astype(jnp.int32)}
+    return outputs, {"teacher": t_features, "student": s_features}
+
+  def diagnostics(self, state: TrainState, image: jax.Array) -> dict[str, jax.Array]:
+    outputs, features = self._eval_outputs(state, image)
+    embedded = features[self.settings["embed_from"]]
+    patch = embedded["patch_tokens"]
+    # 1 = the teacher's distribution is uniform: it tells images apart no
+    # better than chance (the other collapse, next to one prototype for all).
+    uniformity = outputs["teacher_entropy"] / np.log(int(self.settings["num_prototypes"]))
+    return {**outputs, "teacher_uniformity": uniformity,
+            "cls": embedded["cls"].astype(jnp.float32),
+            "patch": patch.reshape(patch.shape[0], -1, patch.shape[-1]
+                                   ).astype(jnp.float32)}
 
   def embed(self, state: TrainState, image: jax.Array) -> jax.Array:
     if self.settings["embed_from"] == "teacher":

@@ -440,6 +440,16 @@ class MAE(Objective):
                                    False)
     return pooled.astype(jnp.float32)
 
+  def diagnostics(self, state: TrainState, image: jax.Array) -> dict[str, jax.Array]:
+    """The encoder's pooled embedding ('cls') and patch tokens ('patch',
+    (B, N, D)) of whole, unmasked images, for the 'collapse' evaluator."""
+    pooled, features = self.encoder.apply({"params": state.params["encoder"]},
+                                          image, False)
+    patch = features["patch_tokens"]
+    return {"cls": pooled.astype(jnp.float32),
+            "patch": patch.reshape(patch.shape[0], -1, patch.shape[-1]
+                                   ).astype(jnp.float32)}
+
   def predict(self, state: TrainState, image: jax.Array) -> jax.Array:
     """(B, H, W, C) reconstructions: the visible patches as given, the masked
     ones predicted (evaluation masks), in the input's units."""

@@ -355,6 +355,25 @@ def test_eval_step_in_numpy():
   np.testing.assert_allclose(out["teacher_entropy"],
                              -(t_probs * np.log(t_probs)).sum(-1), rtol=1e-4)
   np.testing.assert_array_equal(out["prototype"], t_logits.argmax(-1))
+  s_probs = ref.softmax(s_logits / 0.1)
+  np.testing.assert_allclose(out["student_entropy"],
+                             -(s_probs * np.log(s_probs)).sum(-1), rtol=1e-4)
+  np.testing.assert_allclose(
+      out["kl"], (t_probs * (np.log(t_probs) - np.log(s_probs))).sum(-1),
+      rtol=1e-3, atol=1e-5)
+  # The collapse evaluator's inputs: the same outputs plus the embedded
+  # (teacher) network's class token and its patch tokens, flattened.
+  diag = jax.jit(obj.diagnostics)(state, images)
+  for key, value in out.items():
+    np.testing.assert_array_equal(diag[key], value, err_msg=key)
+  np.testing.assert_allclose(diag["teacher_uniformity"],
+                             out["teacher_entropy"] / np.log(t_logits.shape[-1]),
+                             rtol=1e-6)
+  np.testing.assert_allclose(diag["cls"], t_cls, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(diag["cls"], obj.embed(state, images), rtol=1e-5,
+                             atol=1e-6)
+  assert diag["patch"].shape[:2] == (len(images), obj.backbone.token_grid(
+      *images.shape[1:3])[0] * obj.backbone.token_grid(*images.shape[1:3])[1])
 
 
 def test_after_update_mid_schedule_in_numpy():

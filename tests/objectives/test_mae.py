@@ -337,8 +337,15 @@ def test_embed_is_the_encoder_on_the_whole_image():
   image = jax.random.normal(jax.random.key(12), (2, 16, 16, 4))
   feats = _jit(obj, "embed")(_state(params), image)
   assert feats.shape == (2, 32)
-  pooled, _ = jax.jit(obj.encoder.apply)({"params": params["encoder"]}, image)
+  pooled, features = jax.jit(obj.encoder.apply)({"params": params["encoder"]}, image)
   np.testing.assert_allclose(feats, pooled, atol=1e-6)
+  # The collapse evaluator's inputs: the same embedding and the 4 x 4 grid of
+  # patch tokens in row-major order.
+  diag = _jit(obj, "diagnostics")(_state(params), image)
+  np.testing.assert_allclose(diag["cls"], pooled, atol=1e-6)
+  np.testing.assert_allclose(diag["patch"],
+                             np.asarray(features["patch_tokens"]).reshape(2, 16, 32),
+                             atol=1e-6)
 
 
 # ----------------------------------------- the whole loss, in numpy
