@@ -276,3 +276,64 @@ def test_georeferencing_mismatches_are_refused(tmp_path):
                    extratags=geotags(9000, 5000, 20))
   with pytest.raises(ValueError, match="does not cover"):
     s2.load_cube(tmp_path, bands=("B05",))
+
+
+# --------------------------------------------------------------- Landsat-8
+
+L8_30M = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B9", "B10", "B11")
+
+
+def write_landsat8(root, size=24):
+  """USGS names: l8_B1.tif ... l8_B11.tif at 30 m, B8 (15 m) twice as fine
+  over the same area (georeferenced, as USGS writes them), and a BQA file
+  that is not a band. Returns {band: native array}."""
+  root.mkdir(parents=True, exist_ok=True)
+  arrays = {}
+  for i, band in enumerate(L8_30M + ("B8",)):
+    res = 15 if band == "B8" else 30
+    arrays[band] = ramp((size * 30 // res,) * 2, 5000 + 1000 * i)
+    tifffile.imwrite(root / f"l8_{band}.tif", arrays[band],
+                     extratags=geotags(452490, 3408630, res))
+  tifffile.imwrite(root / "l8_BQA.tif", np.full((size, size), 2720, np.uint16))
+  return arrays
+
+
+def test_landsat8_scene_grid_bands_and_reflectance(tmp_path):
+  arrays = write_landsat8(tmp_path)
+  ds = build_dataset({"name": "l8_scene", "path": str(tmp_path), "patch_size": 8,
+                      "val_fraction": 1 / 3})
+  assert ds.info.name == "l8_scene"
+  # The 30 m bands by default, the panchromatic band left out; the grid is
+  # the 30 m one (the 15 m B8 file does not set it): 16 train rows -> 2
+  # patch rows x 3 columns, 8 val rows -> 1 x 3.
+  assert [b.name for b in ds.info.bands] == list(L8_30M)
+  assert ds.info.rgb_bands == ("B4", "B3", "B2")
+  assert [b.wavelength_nm for b in ds.info.bands][:2] == [443.0, 482.0]
+  train = ds.split("train")
+  assert (len(train), len(ds.split("val"))) == (6, 3)
+  image = train[1]["image"]  # corner (0, 8)
+  dn = np.stack([arrays[b][:8, 8:16] for b in L8_30M], -1).astype(np.float64)
+  # Reflective OLI bands: DN x 2e-5 - 0.1; thermal B10, B11 stay DN.
+  np.testing.assert_allclose(image[..., :8], dn[..., :8] * 2e-5 - 0.1, atol=1e-6)
+  np.testing.assert_array_equal(image[..., 8:], dn[..., 8:])
+
+
+def test_landsat8_band_selection_by_either_spelling(tmp_path):
+  arrays = write_landsat8(tmp_path)
+  ds = s2.l8_scene(path=str(tmp_path), bands=("B05", "b2", "B8"), patch_size=8,
+                   val_fraction=0.0, scale=False)
+  assert [b.name for b in ds.info.bands] == ["B5", "B2", "B8"]
+  image = ds.split("train")[0]["image"]
+  np.testing.assert_array_equal(image[..., 0], arrays["B5"][:8, :8])
+  # B8 is twice as fine as the grid: resampled onto the 30 m grid, where a
+  # pixel covers 2 x 2 of its pixels.
+  assert image.shape == (8, 8, 3)
+  fine = arrays["B8"][:16, :16].astype(np.float64)
+  assert image[..., 2].min() >= fine.min() and image[..., 2].max() <= fine.max()
+  with pytest.raises(ValueError, match="'landsat8'"):
+    s2.l8_scene(path=str(tmp_path), sensor="sentinel2")
+  with pytest.raises(MissingDataError, match="Landsat-8 scene not found.*landsat8/"):
+    s2.l8_scene(path=str(tmp_path / "none_here"))
+  with pytest.raises(ValueError, match=r"no file for band\(s\) \['B1'\]"):
+    os.remove(tmp_path / "l8_B1.tif")
+    s2.l8_scene(path=str(tmp_path))
