@@ -17,8 +17,10 @@ import pytest
 from eo_jax import config as config_lib
 from eo_jax.data.datasets import build_dataset
 from eo_jax.objectives import OBJECTIVES
+from eo_jax.objectives.base import TrainState
 from eo_jax.train import trainer
-from tiny import Crash, tiny_config
+from eo_jax.train.init_from import load_init_from
+from tiny import Crash, final_params, flat_params, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -152,3 +154,41 @@ def test_dino_spectral_runlocal_trains_and_resumes(tmp_path):
   student, teacher = state["params"]["student"], state["extra"]["teacher"]
   kernel = lambda t: t["backbone"]["spatial_0"]["mlp"]["fc1"]["kernel"]
   assert not np.array_equal(kernel(student), kernel(teacher))
+
+
+def test_wavelength_embedding_loads_onto_another_sensors_bands(tmp_path):
+  """An MAE encoder trained on 16 bands initialises a run on 7 other bands
+  (config.init_from skips the band check for a band-agnostic backbone),
+  every encoder parameter unchanged; a plain ViT is refused."""
+  source = load_config("mae_spectral.py", "runlocal=True")
+  trainer.train_and_evaluate(source, str(tmp_path / "source"))
+  trained = final_params(str(tmp_path / "source"))
+
+  config = load_config("mae_spectral.py", "runlocal=True")
+  config.data.num_bands = 7
+  config.init_from.workdir = str(tmp_path / "source")
+  config.init_from.source_prefix = config.init_from.target_prefix = "encoder"
+  info = build_dataset(config.data).info
+  assert [b.wavelength_nm for b in info.bands] != [
+      b.wavelength_nm for b in build_dataset(source.data).info.bands][:7]
+  objective = OBJECTIVES.get("mae")(config, info, run_length=(4, 6))
+  image = np.zeros((2, 16, 16, 7), np.float32)
+  variables = objective.init(jax.random.key(0), {"image": image})
+  params, _ = load_init_from(config.init_from, info, variables.params,
+                             variables.model_state, objective.backbones())
+  loaded = {f"encoder/{k}": v for k, v in flat_params(params["encoder"]).items()}
+  assert loaded and set(loaded) <= set(trained)
+  for key, value in loaded.items():
+    np.testing.assert_array_equal(value, trained[key], err_msg=key)
+  # The 7-band model runs with the 16-band weights.
+  pooled = objective.embed(TrainState(step=0, params=params, model_state={},
+                                      opt_state=None, extra={}), image + 1.0)
+  assert pooled.shape == (2, 32) and np.isfinite(np.asarray(pooled)).all()
+
+  # Group embeddings ('group') depend on the bands: the check stays.
+  config.model.embed = "group"
+  objective = OBJECTIVES.get("mae")(config, info, run_length=(4, 6))
+  variables = objective.init(jax.random.key(0), {"image": image})
+  with pytest.raises(ValueError, match="band mismatch"):
+    load_init_from(config.init_from, info, variables.params,
+                   variables.model_state, objective.backbones())

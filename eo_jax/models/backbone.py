@@ -46,6 +46,11 @@ tokens and also offers what masked-image objectives need:
   made to fit (e.g. a position embedding resized to another grid), or a
   ValueError naming the parameter.
 
+A backbone whose parameters do not depend on its input bands (the
+spatial-spectral ViT with wavelength-generated patch embeddings) says so with
+a `band_agnostic` property that is True; `init_from` then loads its weights
+for data of other bands (another sensor) instead of refusing them.
+
 Objectives and `init_from` check these with `require_backbone` /
 `require_token_backbone` (structural checks, not a model's class), so a new
 network plugs in by meeting the contract, not by being named in them.

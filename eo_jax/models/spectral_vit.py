@@ -550,6 +550,13 @@ class SpectralViT(nn.Module):
 
   # ------------------------------------------------- token-backbone API
   @property
+  def band_agnostic(self) -> bool:
+    """With embed='wavelength' no parameter depends on the bands: weights
+    trained on one sensor's bands load for another's (`config.init_from`
+    then skips its band check)."""
+    return self.embed == "wavelength"
+
+  @property
   def num_prefix_tokens(self) -> int:
     """Tokens before the patches: the class token and the registers."""
     return 1 + self.num_registers

@@ -98,7 +98,8 @@ def load_init_from(cfg, info: DatasetInfo, params: Any, model_state: Any,
   Args:
     cfg: `config.init_from` (workdir, step, source_prefix, target_prefix,
       params).
-    info: this run's training data (its bands must equal the source's).
+    info: this run's training data (its bands must equal the source's,
+      unless every backbone is `band_agnostic`).
     params, model_state: this run's initial variables.
     backbones: the objective's {prefix: backbone} (`Objective.backbones()`),
       whose `adapt_param` fits parameters of another shape.
@@ -110,8 +111,17 @@ def load_init_from(cfg, info: DatasetInfo, params: Any, model_state: Any,
   source = Checkpointer(directory)
   src_params, src_state, meta = source.restore_params(cfg.step or None)
   source.close()
-  bands_lib.check_same(DatasetInfo.from_dict(meta["info"]).bands, info.bands,
-                       f"config.init_from.workdir={cfg.workdir!r}")
+  source_bands = DatasetInfo.from_dict(meta["info"]).bands
+  if backbones and all(getattr(b, "band_agnostic", False)
+                       for b in backbones.values()):
+    if bands_lib.names(source_bands) != bands_lib.names(info.bands):
+      logging.info("config.init_from: the source run saw bands %s, this run %s; "
+                   "its backbone builds its input weights from wavelengths, so "
+                   "they load unchanged.", list(bands_lib.names(source_bands)),
+                   list(bands_lib.names(info.bands)))
+  else:
+    bands_lib.check_same(source_bands, info.bands,
+                         f"config.init_from.workdir={cfg.workdir!r}")
   patterns = [re.compile(p) for p in cfg.params if p]
   src_prefix, dst_prefix = cfg.source_prefix.strip("/"), cfg.target_prefix.strip("/")
   flat_params = _flat(jax.device_get(params))
