@@ -123,7 +123,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--data_path", required=True,
                       help="the Sentinel-2 scene the encoders are pretrained on")
-  parser.add_argument("--epochs", type=float, default=40.0)
+  parser.add_argument("--epochs", type=int, default=40)
   parser.add_argument("--workdir", default="runs/benchmarks/seg_eolearn")
   parser.add_argument("--mae_workdir", default="runs/benchmarks/mae_s2/pretrain")
   parser.add_argument("--dino_workdir", default="runs/benchmarks/dino_s2/pretrain")

@@ -93,13 +93,8 @@ def get_config(arg=None):
                              decoder_width=128, decoder_depth=2,
                              decoder_heads=4)
 
-  c.optim.name = "adamw"
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.95
-  c.optim.weight_decay = 0.05
-  c.optim.lr = arg.base_lr * c.input.batch_size / 256
-  c.optim.schedule = "cosine"
-  c.optim.warmup_epochs = 0.05 * arg.epochs
+  mae.set_mae_optim(c.optim, base_lr=float(arg.base_lr),
+                    batch_size=c.input.batch_size, epochs=float(arg.epochs))
 
   c.train.epochs = float(arg.epochs)
   c.train.log_every_steps = 10

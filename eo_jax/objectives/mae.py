@@ -106,6 +106,21 @@ def default_config(**overrides: Any) -> ml_collections.ConfigDict:
       objective_settings("mae", overrides, DEFAULTS))
 
 
+def set_mae_optim(optim: ml_collections.ConfigDict, *, base_lr: float,
+                  batch_size: int, epochs: float) -> None:
+  """Sets `config.optim` to MAE's pretraining recipe (He et al. 2022).
+
+  AdamW (0.9, 0.95), weight decay 0.05, lr = base_lr x batch / 256, linear
+  warmup over the first 5% of the `epochs`, then cosine to 0.
+  """
+  optim.name = "adamw"
+  optim.b1, optim.b2 = 0.9, 0.95
+  optim.weight_decay = 0.05
+  optim.lr = base_lr * batch_size / 256
+  optim.schedule = "cosine"
+  optim.warmup_epochs = 0.05 * epochs
+
+
 def _settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return objective_settings("mae", config.get("mae", None), DEFAULTS)
 
