@@ -81,6 +81,16 @@ def deepest_map(strides: Mapping[str, int]) -> str | None:
   return [n for n in names if strides[n] == top][-1]
 
 
+def select_deepest(decoder: str, strides: Mapping[str, int], backbone: str,
+                   need: str = "a dense map") -> dict[str, str]:
+  """{'input': `deepest_map`} for decoders that read one map, or the
+  `missing_map` error when the backbone has none."""
+  name = deepest_map(strides)
+  if name is None:
+    raise missing_map(decoder, need, strides, backbone)
+  return {"input": name}
+
+
 def describe_maps(strides: Mapping[str, int]) -> str:
   """The backbone's maps for a message, block grids folded into a range."""
   parts = [f"{name!r} (stride {strides[name]})" for name in strides

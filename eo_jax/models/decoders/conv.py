@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax
 
 from eo_jax.models.decoders.base import (DECODERS, ConvNormReLU, Decoder,
-                                         classifier, deepest_map, missing_map,
-                                         read_map, resize)
+                                         classifier, read_map, resize,
+                                         select_deepest)
 
 Array = jax.Array
 
@@ -41,10 +41,7 @@ class ConvDecoder(Decoder):
   kind = "conv"
 
   def _select(self, strides: dict[str, int], backbone: str) -> dict[str, str]:
-    name = deepest_map(strides)
-    if name is None:
-      raise missing_map(self.kind, "a dense map", strides, backbone)
-    return {"input": name}
+    return select_deepest(self.kind, strides, backbone)
 
   @nn.compact
   def __call__(self, features: Mapping[str, Array], strides: Mapping[str, int],

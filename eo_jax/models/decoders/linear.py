@@ -17,8 +17,7 @@ import jax.numpy as jnp
 
 from eo_jax.models import common
 from eo_jax.models.decoders.base import (DECODERS, Decoder, classifier,
-                                         deepest_map, missing_map, read_map,
-                                         resize)
+                                         read_map, resize, select_deepest)
 
 Array = jax.Array
 
@@ -47,10 +46,7 @@ class LinearDecoder(Decoder):
   kind = "linear"
 
   def _select(self, strides: dict[str, int], backbone: str) -> dict[str, str]:
-    name = deepest_map(strides)
-    if name is None:
-      raise missing_map(self.kind, "a dense map", strides, backbone)
-    return {"input": name}
+    return select_deepest(self.kind, strides, backbone)
 
   @nn.compact
   def __call__(self, features: Mapping[str, Array], strides: Mapping[str, int],

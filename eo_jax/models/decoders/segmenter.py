@@ -30,8 +30,8 @@ import jax.numpy as jnp
 
 from eo_jax.models import common
 from eo_jax.models import vit as vit_lib
-from eo_jax.models.decoders.base import (DECODERS, Decoder, deepest_map,
-                                         missing_map, read_map, resize)
+from eo_jax.models.decoders.base import (DECODERS, Decoder, read_map,
+                                         resize, select_deepest)
 
 Array = jax.Array
 
@@ -79,11 +79,8 @@ class SegmenterDecoder(Decoder):
   kind = "segmenter"
 
   def _select(self, strides: dict[str, int], backbone: str) -> dict[str, str]:
-    name = deepest_map(strides)
-    if name is None:
-      raise missing_map(self.kind, "a token grid ('patch_tokens') or a dense "
-                        "map", strides, backbone)
-    return {"input": name}
+    return select_deepest(self.kind, strides, backbone,
+                          "a token grid ('patch_tokens') or a dense map")
 
   @nn.compact
   def __call__(self, features: Mapping[str, Array], strides: Mapping[str, int],
