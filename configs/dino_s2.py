@@ -47,6 +47,9 @@ Variants (`configs/dino_s2.py:key=value,...`):
                       uses 32 / 16 to fit a 2-core CPU budget).
   batch_size=64
   probe_size=16       the probe's input side (a multiple of the patch).
+  small_batch=True    batch 64, teacher temperature 0.04 throughout,
+                      LayerScale off: the recipe benchmarks/ssl_study.py
+                      chose at batch 64 (dino.set_small_batch_recipe).
   runlocal=True       synthetic 13-band data (the Sentinel-2 bands), a tiny
                       ViT and a few steps; probed on synthetic
                       classification with the same bands.
@@ -63,7 +66,7 @@ from eo_jax.objectives import dino
 def get_config(arg=None):
   arg = parse_arg(arg, path="", variant="Ti/8", epochs=50,
                   global_size=64, local_size=32, num_local=4, batch_size=64,
-                  probe_size=16, runlocal=False)
+                  probe_size=16, small_batch=False, runlocal=False)
   c = base_config()
   c.objective = "dino"
 
@@ -99,6 +102,9 @@ def get_config(arg=None):
   del c.evals["test"]
   probe_evals(c, ml_collections.ConfigDict(dict(name="eolearn_sample")),
               image_size=int(arg.probe_size))
+
+  if arg.small_batch:
+    dino.set_small_batch_recipe(c)
 
   if arg.runlocal:
     c.data = ml_collections.ConfigDict(dict(

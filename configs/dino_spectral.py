@@ -50,6 +50,8 @@ Variants (`configs/dino_spectral.py:key=value,...`):
   batch_size=64
   epochs=50
   probe_size=16      the probe's input side (a multiple of the patch).
+  small_batch=True   batch 64, teacher temperature 0.04 throughout, LayerScale
+                     off (dino.set_small_batch_recipe; benchmarks/ssl_study.py).
   runlocal=True      no files: the 'synthetic' dataset with 16 bands, a tiny
                      spectral ViT (patch 4, groups of 4 bands: one of the 4
                      groups hidden per student crop), a few steps; probed on
@@ -73,7 +75,8 @@ def get_config(arg=None):
   arg = parse_arg(arg, path="", label_path="", variant="Ti/8",
                   mode="factorized", group_size=8, spectral_mask=0.25,
                   window=64, global_size=64, local_size=32, num_local=4,
-                  batch_size=64, epochs=50, probe_size=16, runlocal=False)
+                  batch_size=64, epochs=50, probe_size=16, small_batch=False,
+                  runlocal=False)
   if arg.mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {arg.mode!r}.")
   c = base_config()
@@ -111,6 +114,9 @@ def get_config(arg=None):
     # The probe reads the pretraining cube, wherever it is set.
     probe_data.path = c.data.get_ref("path")
     probe_evals(c, probe_data, image_size=int(arg.probe_size))
+
+  if arg.small_batch:
+    dino.set_small_batch_recipe(c)
 
   if arg.runlocal:
     c.data = ml_collections.ConfigDict(dict(

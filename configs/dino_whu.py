@@ -61,6 +61,8 @@ Variants (`configs/dino_whu.py:key=value,...`):
                    * teacher temperature warmup 5 epochs (not 30) and lr
                      warmup 5 epochs (not 10): in a 50-epoch run, 30 epochs
                      of warmup would be most of training.
+  small_batch=True batch 64, teacher temperature 0.04 throughout, LayerScale
+                   off (dino.set_small_batch_recipe; benchmarks/ssl_study.py).
   runlocal=True    a tiny ViT for a few steps. Without `path`: the
                    'synthetic' dataset with 32 bands (runs on a fresh clone,
                    no data), probed on synthetic classification with the
@@ -84,7 +86,7 @@ MODELS = ("vit", "spectral_vit")
 
 def get_config(arg=None):
   arg = parse_arg(arg, path="", variant="S/8", model="vit", epochs=100,
-                  small_data=False, runlocal=False)
+                  small_data=False, small_batch=False, runlocal=False)
   if arg.model not in MODELS:
     raise ValueError(f"model must be one of {MODELS}, got {arg.model!r}.")
   c = base_config()
@@ -137,6 +139,9 @@ def get_config(arg=None):
     c.input.batch_size = 64
     c.input.eval_batch_size = 256
     warmup_epochs = 5.0
+
+  if arg.small_batch:
+    dino.set_small_batch_recipe(c)
 
   if arg.runlocal:
     _runlocal(c, with_data=bool(arg.path))

@@ -189,3 +189,22 @@ def test_probe_and_crop_sizes_fit_the_vit(name):
     full.data.path = "/data/whu"
     # Both probes follow data.path.
     assert full.evals.knn.data.path == full.evals.linear.data.path == "/data/whu"
+
+
+@pytest.mark.parametrize("name", ["dino_s2", "dino_whu", "dino_spectral"])
+def test_small_batch_recipe_changes_what_it_documents(name):
+  module = _load(name)
+  arg = "path=/data/cube.npy" if name == "dino_spectral" else ""
+  plain = module.get_config(arg).to_dict()
+  small = module.get_config(",".join(filter(None, [arg, "small_batch=True"]))).to_dict()
+  assert small["input"]["batch_size"] == 64
+  assert small["dino"]["teacher_temp"] == small["dino"]["warmup_teacher_temp"] == 0.04
+  assert small["model"]["layerscale_init"] is None
+  # The lr follows the batch by the configs' rule; nothing else changes.
+  assert small["optim"]["lr"] == pytest.approx(0.004 * (64 / 1024) ** 0.5)
+  changed = {f"{section}.{key}" for section, values in plain.items()
+             if isinstance(values, dict) for key in values
+             if values[key] != small[section][key]}
+  assert changed <= {"input.batch_size", "dino.teacher_temp", "dino.warmup_teacher_temp",
+                     "model.layerscale_init", "optim.lr", "optim.end_lr_factor"}
+  assert "dino.teacher_temp" in changed
