@@ -1,4 +1,4 @@
-r"""Small-batch DINOv2: which settings keep a batch-64 run learning on a CPU?
+r"""Small-batch DINOv2 and MAE: which settings keep a batch-64 run learning on a CPU?
 
   python -m benchmarks.ssl_study --data_path=S2 [--steps 100] \
       [--settings base,cold_teacher,softmax,...] [--seeds 0] \
@@ -21,6 +21,13 @@ is judged at its last step by
 * the same probes of the randomly initialised network (each seed's), the
   floor a useful recipe must clear by more than the seed-to-seed spread.
 
+Settings named 'mae_*' (`MAE_SETTINGS`) are MAE runs instead:
+configs/mae_s2.py (ViT-Ti/8, 64 px windows of the same scene, light decoder,
+lr 4e-3 x 64 / 256, 5% warmup, cosine) for `--steps` steps with one setting
+changed ('mae_long': twice the steps), judged by the validation loss (norm-pix
+MSE of the masked patches), the collapse diagnostics of the encoder's
+embeddings and the same probes on the mean patch token (MAE's pooling).
+
 `--settings` runs each named setting with the seeds of `--seeds`; the
 settings of `--seed_settings` are also run with every seed of `--seed_list`
 (the spread). Prints a markdown table and writes <workdir>/summary.json.
@@ -38,8 +45,12 @@ import numpy as np
 
 import eo_jax
 from benchmarks import dino_s2
+from eo_jax import config as config_lib
+from eo_jax.data.datasets import build_dataset
 from eo_jax.train import trainer
 from eo_jax.train.checkpoint import Checkpointer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: name -> (what it changes, config overrides on top of the dino_s2 run).
 SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -59,7 +70,44 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+#: name -> (what it changes, config overrides on top of the mae_s2 run).
+MAE_SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "mae_base": ("configs/mae_s2.py: mask 75%, norm-pix loss, decoder 128 wide "
+                 "x 2 blocks", {}),
+    "mae_mask_50": ("mask ratio 0.5", {"mae.mask_ratio": 0.5}),
+    "mae_no_normpix": ("plain pixel targets (no per-patch normalisation)",
+                       {"mae.norm_pix_loss": False}),
+    "mae_decoder_4": ("decoder 4 blocks", {"mae.decoder_depth": 4}),
+    "mae_long": ("twice the steps", {}),
+}
+
+
+def mae_study_config(data_path: str, steps: int, setting: str, seed: int):
+  if setting == "mae_long":
+    steps *= 2
+  config = config_lib.load_config(
+      os.path.join(ROOT, "configs", f"mae_s2.py:path={data_path},base_lr=4e-3"),
+      lock=False)
+  steps_per_epoch = len(build_dataset(config.data, with_stats=False).split("train")
+                        ) // config.input.batch_size
+  config.train.epochs = 0
+  config.train.steps = steps
+  config.train.eval_every_steps = steps
+  config.train.log_every_steps = 10
+  config.train.progress_bar = False
+  config.optim.warmup_epochs = 0.05 * steps / steps_per_epoch
+  config.model.pool = "mean"
+  for key, value in MAE_SETTINGS[setting][1].items():
+    section, name = key.split(".")
+    config[section][name] = value
+  config.seed = seed
+  config.lock()
+  return config
+
+
 def study_config(data_path: str, steps: int, setting: str, seed: int):
+  if setting in MAE_SETTINGS:
+    return mae_study_config(data_path, steps, setting, seed)
   args = argparse.Namespace(data_path=data_path, steps=steps, batch=64,
                             global_size=32, local_size=16, num_local=4,
                             layerscale=0.0)
@@ -80,7 +128,7 @@ def _final_train_losses(workdir: str) -> dict[str, float]:
   history = checkpointer.restore_meta()["history"]["history"]
   checkpointer.close()
   return {key: history[f"train/{key}"][-1][1]
-          for key in ("loss", "dino_loss", "ibot_loss", "koleo_loss")
+          for key in ("loss", "dino_loss", "ibot_loss", "koleo_loss", "pixel_mse")
           if history.get(f"train/{key}")}
 
 
@@ -94,15 +142,21 @@ def run_one(data_path: str, steps: int, setting: str, seed: int, root: str
   probe_evals = dino_s2.load_config("dino_s2.py", f"path={data_path}").evals
   trained = eo_jax.restore_run(workdir, best=False)
   initial = eo_jax.build_run(config)
-  backbone = trained.objective.backbone
+  if setting in MAE_SETTINGS:
+    model, pool = trained.objective.encoder, "mean"
+    params, random_params = (trained.state.params["encoder"],
+                             initial.state.params["encoder"])
+  else:
+    model, pool = trained.objective.backbone, "cls"
+    params = trained.state.extra["teacher"]["backbone"]
+    random_params = initial.state.params["student"]["backbone"]
   row = {"setting": setting, "seed": seed, "workdir": workdir,
          "minutes": seconds / 60, "train": _final_train_losses(workdir),
+         "val": {k: float(v) for k, v in results["val"].items()},
          "collapse": {k: float(v) for k, v in results["collapse"].items()},
-         "probe": dino_s2.probe(trained, backbone, trained.state.extra["teacher"]["backbone"],
-                                "cls", probe_evals),
-         "random_probe": dino_s2.probe(trained, backbone,
-                                       initial.state.params["student"]["backbone"],
-                                       "cls", probe_evals)}
+         "probe": dino_s2.probe(trained, model, params, pool, probe_evals),
+         "random_probe": dino_s2.probe(trained, model, random_params, pool,
+                                       probe_evals)}
   print(f"{setting} seed {seed}: {json.dumps(row, default=float)}", flush=True)
   return row
 
@@ -119,10 +173,11 @@ def main() -> None:
   args = parser.parse_args()
   root = os.path.abspath(args.workdir)
   os.makedirs(root, exist_ok=True)
+  known = {**SETTINGS, **MAE_SETTINGS}
   unknown = [s for s in (args.settings + "," + args.seed_settings).split(",")
-             if s and s not in SETTINGS]
+             if s and s not in known]
   if unknown:
-    raise SystemExit(f"Unknown settings {unknown}; known: {sorted(SETTINGS)}.")
+    raise SystemExit(f"Unknown settings {unknown}; known: {sorted(known)}.")
   plan = [(s, int(k)) for s in args.settings.split(",") if s
           for k in args.seeds.split(",")]
   plan += [(s, int(k)) for s in args.seed_settings.split(",") if s
@@ -137,16 +192,20 @@ def main() -> None:
 
 def table(rows: list[dict[str, Any]]) -> str:
   """A markdown table: one line per run, then mean +- std per setting."""
-  lines = ["| setting | seed | DINO loss | cls rank | patch rank | prototypes | "
+  lines = ["| setting | seed | loss | cls rank | patch rank | prototypes | "
            "uniformity | kNN acc | kNN F1 | linear acc | linear F1 | random kNN F1 | "
            "random linear F1 | min |",
            "|---" * 14 + "|"]
+  nan = float("nan")
   for r in rows:
     c, p, q = r["collapse"], r["probe"], r["random_probe"]
+    # DINO: the final train DINO loss; MAE: the val loss (masked norm-pix MSE).
+    loss = (r.get("val", {}).get("loss", nan) if r["setting"] in MAE_SETTINGS
+            else r["train"].get("dino_loss", nan))
     lines.append(
-        f"| {r['setting']} | {r['seed']} | {r['train'].get('dino_loss', float('nan')):.3f} | "
-        f"{c['cls_rank']:.1f} | {c['patch_rank']:.1f} | {c['prototypes_used']:.0f} | "
-        f"{c['teacher_uniformity']:.3f} | {p['knn10/accuracy']:.3f} | "
+        f"| {r['setting']} | {r['seed']} | {loss:.3f} | "
+        f"{c['cls_rank']:.1f} | {c['patch_rank']:.1f} | {c.get('prototypes_used', nan):.0f} | "
+        f"{c.get('teacher_uniformity', nan):.3f} | {p['knn10/accuracy']:.3f} | "
         f"{p['knn10/macro_f1']:.3f} | {p['linear/accuracy']:.3f} | "
         f"{p['linear/macro_f1']:.3f} | {q['knn10/macro_f1']:.3f} | "
         f"{q['linear/macro_f1']:.3f} | {r['minutes']:.1f} |")

@@ -56,3 +56,13 @@ def test_table_rows_and_seed_spread():
   assert "base, 2 seeds, knn10/macro_f1: trained 0.420 +- 0.028, random 0.310" in text
   assert "difference +0.110 +- 0.014" in text
   assert "no_koleo, " not in text.split("|---")[-1].split("\n", 1)[1]
+
+
+def test_mae_settings_name_keys_of_the_mae_config():
+  config = config_lib.load_config(
+      os.path.join(ROOT, "configs", "mae_s2.py:runlocal=True"), lock=False)
+  for setting, (_, overrides) in ssl_study.MAE_SETTINGS.items():
+    for key, value in overrides.items():
+      section, name = key.split(".")
+      assert name in config[section], (setting, key)
+      assert config[section][name] != value, (setting, key)  # a real change
