@@ -30,6 +30,7 @@ from eo_jax.evaluate import EvalContext, Evaluator, build_evaluators
 from eo_jax.evaluate.runner import EvalRunner, save_figures
 from eo_jax.objectives import OBJECTIVES
 from eo_jax.objectives.base import Objective, TrainState
+from eo_jax.train import throughput
 from eo_jax.train.checkpoint import (Checkpointer, config_differences,
                                      iterator_state_from_json,
                                      restore_newest_good)
@@ -192,6 +193,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        f"for {devices} device{'s' if devices > 1 else ''}")
   tick = time.perf_counter()
   step = start_step
+  flops_per_step: float | None = None  # XLA's count, after the first step
   while step < total_steps and not stopper.should_stop:
     if interrupt.requested:
       _raise_if_not_finite(pending_losses, has_checkpoint())
@@ -216,6 +218,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       now = time.perf_counter()
       mean["train/steps_per_second"] = len(pending_metrics) / max(now - tick, 1e-9)
       mean["train/epoch"] = step / steps_per_epoch
+      if flops_per_step is None:
+        flops_per_step = throughput.step_flops(train_step, state, batch) or 0.0
+      mean.update(throughput.rates(
+          mean["train/steps_per_second"], config.input.batch_size, flops_per_step,
+          throughput.device_peak_flops(jax.devices()[0].device_kind,
+                                       config.model.get("dtype", "float32")),
+          jax.device_count()))
       tick = now
       reporter.scalars(step, mean)
       progress.set_postfix(loss=f"{mean['train/loss']:.4f}")

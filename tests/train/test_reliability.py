@@ -16,6 +16,7 @@ import pytest
 
 from eo_jax.errors import CheckpointError, TrainingInterrupted, WorkdirBusyError
 from eo_jax.train import checkpoint as checkpoint_lib
+from eo_jax.train import throughput
 from eo_jax.train import trainer
 from eo_jax.train.workdir_lock import WorkdirLock
 from tiny import Crash, crash_at, final_params, tiny_config
@@ -45,7 +46,7 @@ def _history(workdir):
   history = checkpointer.restore_meta(checkpointer.latest_step())["history"]["history"]
   checkpointer.close()
   # Wall-clock rates differ between any two runs.
-  return {k: v for k, v in history.items() if k != "train/steps_per_second"}
+  return {k: v for k, v in history.items() if k not in throughput.TIMING_METRICS}
 
 
 def _assert_same_run(workdir, straight):
