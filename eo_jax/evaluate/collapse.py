@@ -62,21 +62,22 @@ from eo_jax.evaluate.common import EVALUATORS, EvalContext, EvalOutput, Evaluato
 EMBEDDINGS = ("cls", "patch")
 
 
+def _perplexity(weights: np.ndarray) -> float:
+  """exp(entropy) of the distribution proportional to positive `weights`."""
+  p = weights[weights > 0] / weights.sum()
+  return float(np.exp(-(p * np.log(p)).sum()))
+
+
 def effective_rank(singular_values: np.ndarray) -> float:
   """exp(entropy of s / sum(s)); 0 for an all-zero matrix."""
   s = np.clip(np.asarray(singular_values, np.float64), 0.0, None)
-  total = s.sum()
-  if total <= 0:
-    return 0.0
-  p = s[s > 0] / total
-  return float(np.exp(-(p * np.log(p)).sum()))
+  return _perplexity(s) if s.sum() > 0 else 0.0
 
 
 def prototype_usage(indices: np.ndarray) -> tuple[int, float]:
   """(distinct prototypes among `indices`, perplexity of their histogram)."""
   _, counts = np.unique(np.asarray(indices).reshape(-1), return_counts=True)
-  p = counts / counts.sum()
-  return int(len(counts)), float(np.exp(-(p * np.log(p)).sum()))
+  return int(len(counts)), _perplexity(counts.astype(np.float64))
 
 
 class EmbeddingStats:
@@ -88,7 +89,6 @@ class EmbeddingStats:
     self._sum: np.ndarray | None = None
     self._sum_unit: np.ndarray | None = None
     self._sum_unit_sq: np.ndarray | None = None
-    self._sum_norm_sq = 0.0
     self._count = 0
 
   def update(self, x: np.ndarray) -> None:
@@ -105,7 +105,6 @@ class EmbeddingStats:
     self._sum += x.sum(0)
     self._sum_unit += unit.sum(0)
     self._sum_unit_sq += (unit ** 2).sum(0)
-    self._sum_norm_sq += float((unit ** 2).sum())
     self._count += len(x)
 
   @property
@@ -127,7 +126,7 @@ class EmbeddingStats:
            "std": float(np.sqrt(var).mean() * np.sqrt(d))}
     if n > 1:
       # sum over pairs i != j of u_i . u_j = |sum u|^2 - sum |u|^2.
-      pairs = float(self._sum_unit @ self._sum_unit) - self._sum_norm_sq
+      pairs = float(self._sum_unit @ self._sum_unit - self._sum_unit_sq.sum())
       out["cosine"] = pairs / (n * (n - 1))
     return out
 
@@ -166,10 +165,11 @@ class CollapseMetrics:
 
 
 _ADVICE = {
-    "dino": ("lower the teacher temperature (config.dino.teacher_temp, e.g. "
-             "0.04) and its warmup start, use centering='sinkhorn_knopp', "
-             "raise config.dino.koleo_weight, use model.layerscale_init=0.1 "
-             "or 0, or lower config.optim.lr and lengthen its warmup"),
+    "dino": ("a teacher temperature of 0.04 throughout (config.dino.teacher_temp "
+             "and warmup_teacher_temp; the DINO configs' small_batch=True), "
+             "centering='sinkhorn_knopp', a larger config.dino.koleo_weight, "
+             "LayerScale off (config.model.layerscale_init=None), or a lower "
+             "config.optim.lr with a longer warmup"),
     "": ("lower config.optim.lr or lengthen its warmup, and check the "
          "augmentations are not removing all content"),
 }

@@ -198,4 +198,5 @@ class Decoder(nn.Module):
     return self._select(dict(strides), backbone)
 
   def _select(self, strides: dict[str, int], backbone: str) -> dict[str, str]:
-    raise NotImplementedError
+    raise NotImplementedError(f"decoder {type(self).__name__} must define _select "
+                              "(the maps it reads).")
