@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eo_jax.models import vit as vit_lib
-from eo_jax.models.spectral_vit import wavelength_encoding
+from eo_jax.models.spectral_vit import group_slots, wavelength_encoding
 
 Array = jax.Array
 
@@ -61,21 +61,6 @@ def unpatchify(patches: Array, patch_size: int, grid: tuple[int, int],
   x = patches.reshape(b, gh, gw, p, p, num_bands)
   x = x.transpose(0, 1, 3, 2, 4, 5)
   return x.reshape(b, gh * p, gw * p, num_bands)
-
-
-def group_slots(groups: Sequence[Sequence[int]]
-                ) -> tuple[np.ndarray, np.ndarray]:
-  """(G, S) channel of each (group, slot) and its validity; S = largest group.
-
-  Padding slots point at channel 0 (any channel: they are zeroed).
-  """
-  size = max(len(g) for g in groups)
-  index = np.zeros((len(groups), size), np.int32)
-  valid = np.zeros((len(groups), size), bool)
-  for i, group in enumerate(groups):
-    index[i, :len(group)] = group
-    valid[i, :len(group)] = True
-  return index, valid
 
 
 def group_valid(patch_size: int, groups: Sequence[Sequence[int]],

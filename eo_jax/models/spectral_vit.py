@@ -257,12 +257,13 @@ def wavelength_encoding(wavelengths_nm: Array, dim: int,
   return jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], axis=-1)
 
 
-def _slot_table(groups: tuple[tuple[int, ...], ...]
+def group_slots(groups: Sequence[Sequence[int]]
                 ) -> tuple[np.ndarray, np.ndarray]:
   """(G, S) channel index per (group, slot) and its validity; S = largest group.
 
-  Groups are padded to S slots so that one einsum embeds every group; padded
-  slots point at channel 0 and get weight zero.
+  Groups are padded to S slots so that one einsum embeds every group (and the
+  MAE decoder's per-group targets share one shape); padded slots point at
+  channel 0 and get weight zero.
   """
   size = max(len(g) for g in groups)
   index = np.zeros((len(groups), size), np.int32)
@@ -323,7 +324,7 @@ class SpectralPatchEmbed(nn.Module):
   def __call__(self, image: Array) -> Array:
     b, h, w, _ = image.shape
     p, d = self.patch_size, self.width
-    index, valid = _slot_table(self.groups)
+    index, valid = group_slots(self.groups)
     g, s = index.shape
     if self.embed == "wavelength":
       kernels, biases = WeightGenerator(d, p, self.wave_dim, self.generator_dim,

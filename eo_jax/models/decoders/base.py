@@ -177,7 +177,8 @@ class ConvNormReLU(nn.Module):
 class Decoder(nn.Module):
   """Base of the decoders: `num_classes` and the map choice.
 
-  Subclasses set `kind` (their registered name) and implement `_select`.
+  Subclasses set `kind` (their registered name); those that read more than
+  the deepest map (`needs` names it in errors) override `_select`.
 
   Attributes:
     num_classes: K, the logits per pixel.
@@ -185,6 +186,8 @@ class Decoder(nn.Module):
   num_classes: int
 
   kind = ""
+  # What the default `_select` says the decoder needs when a backbone lacks it.
+  needs = "a dense map"
 
   def select_maps(self, strides: Mapping[str, int],
                   backbone: str = "the backbone") -> dict[str, str]:
@@ -198,5 +201,6 @@ class Decoder(nn.Module):
     return self._select(dict(strides), backbone)
 
   def _select(self, strides: dict[str, int], backbone: str) -> dict[str, str]:
-    raise NotImplementedError(f"decoder {type(self).__name__} must define _select "
-                              "(the maps it reads).")
+    """The default: one map, the deepest (`select_deepest`); decoders that
+    read several maps override this."""
+    return select_deepest(self.kind, strides, backbone, self.needs)

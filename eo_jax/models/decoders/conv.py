@@ -16,8 +16,7 @@ import flax.linen as nn
 import jax
 
 from eo_jax.models.decoders.base import (DECODERS, ConvNormReLU, Decoder,
-                                         classifier, read_map, resize,
-                                         select_deepest)
+                                         classifier, read_map, resize)
 
 Array = jax.Array
 
@@ -39,9 +38,6 @@ class ConvDecoder(Decoder):
   dropout: float = 0.0
 
   kind = "conv"
-
-  def _select(self, strides: dict[str, int], backbone: str) -> dict[str, str]:
-    return select_deepest(self.kind, strides, backbone)
 
   @nn.compact
   def __call__(self, features: Mapping[str, Array], strides: Mapping[str, int],

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from eo_jax.models import common
 from eo_jax.models.decoders.base import (DECODERS, Decoder, classifier,
-                                         read_map, resize, select_deepest)
+                                         read_map, resize)
 
 Array = jax.Array
 
@@ -44,9 +44,6 @@ class LinearDecoder(Decoder):
   dropout: float = 0.0
 
   kind = "linear"
-
-  def _select(self, strides: dict[str, int], backbone: str) -> dict[str, str]:
-    return select_deepest(self.kind, strides, backbone)
 
   @nn.compact
   def __call__(self, features: Mapping[str, Array], strides: Mapping[str, int],

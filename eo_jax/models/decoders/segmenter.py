@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from eo_jax.models import common
 from eo_jax.models import vit as vit_lib
 from eo_jax.models.decoders.base import (DECODERS, Decoder, read_map,
-                                         resize, select_deepest)
+                                         resize)
 
 Array = jax.Array
 
@@ -78,9 +78,7 @@ class SegmenterDecoder(Decoder):
 
   kind = "segmenter"
 
-  def _select(self, strides: dict[str, int], backbone: str) -> dict[str, str]:
-    return select_deepest(self.kind, strides, backbone,
-                          "a token grid ('patch_tokens') or a dense map")
+  needs = "a token grid ('patch_tokens') or a dense map"
 
   @nn.compact
   def __call__(self, features: Mapping[str, Array], strides: Mapping[str, int],
