@@ -21,6 +21,7 @@ import numpy as np
 from eo_jax import errors
 from eo_jax.data import bands as bands_lib
 from eo_jax.data import stats as stats_lib
+from eo_jax.data.datasets import cifar as _cifar  # noqa: F401  (registers)
 from eo_jax.data.datasets import cube as _cube  # noqa: F401  (registers)
 from eo_jax.data.datasets import eolearn as _eolearn  # noqa: F401  (registers)
 from eo_jax.data.datasets import eurosat as _eurosat  # noqa: F401  (registers)

@@ -1,0 +1,371 @@
+"""'cifar10' and 'cifar10_c': CIFAR-10 and its corrupted test sets, CIFAR-10-C.
+
+Natural RGB images (32 x 32, 10 classes): a reference point for the
+corruption benchmark (`python -m eo_jax.robustness`), whose published
+CIFAR-10-C numbers (Hendrycks & Dietterich 2019) a run can be compared with.
+
+'cifar10' reads the BINARY release, cifar-10-binary.tar.gz (never the pickled
+python one: unpickling a download runs whatever code it holds). `path` is
+the .tar.gz itself, the extracted `cifar-10-batches-bin/` folder or the
+folder holding either. Each batch file is a run of 3073-byte records: one
+label byte, then the 1024 red, 1024 green and 1024 blue bytes of a 32 x 32
+image, each plane row-major. `batches.meta.txt` names the classes, one a
+line, in label order.
+
+  'train': data_batch_1.bin .. data_batch_5.bin, less the 'val' examples;
+  'val':   `val_fraction` of each class of those, chosen with `split_seed`
+           (deterministic, stratified; absent when `val_fraction` is 0);
+  'test':  test_batch.bin.
+
+'cifar10_c' reads one corruption at one severity of CIFAR-10-C as published
+on Zenodo (CIFAR-10-C.tar, extracted; `path` is the `CIFAR-10-C/` folder or
+the folder holding it): `<corruption>.npy` holds (50000, 32, 32, 3) uint8,
+the 10,000 test images at severity 1, then at severity 2, ... 5, and
+`labels.npy` (50000,) their labels. Its only split is 'test', in the order
+of CIFAR-10's test_batch.bin. It has no training split, so its bands carry
+the published statistics of CIFAR-10's 50,000 training images; a restored
+run normalises with the statistics of its own checkpoint instead.
+
+Images come as float32 in [0, 255], bands R, G, B (`bands.RGB`). Batch and
+.npy files are memory-mapped and read one example at a time; the .tar.gz is
+decompressed into memory once (about 180 MB).
+"""
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from eo_jax import errors
+from eo_jax.data import bands as bands_lib
+from eo_jax.data.datasets.base import (CLASSIFICATION, DATASETS, DataError,
+                                       Dataset, DatasetInfo, LabelledImageFiles,
+                                       missing_data, stratified_split)
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR10_C_URL = "https://zenodo.org/records/2535967 (CIFAR-10-C.tar)"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+           "horse", "ship", "truck")
+# The 15 corruptions of the benchmark (mCE averages over these) and the 4
+# held-out ones the release also contains, for validation.
+CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur",
+               "glass_blur", "motion_blur", "zoom_blur", "snow", "frost", "fog",
+               "brightness", "contrast", "elastic_transform", "pixelate",
+               "jpeg_compression")
+EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+SEVERITIES = (1, 2, 3, 4, 5)
+IMAGE_SHAPE = (32, 32, 3)
+RECORD_BYTES = 1 + 32 * 32 * 3
+TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+TEST_FILE = "test_batch.bin"
+META_FILE = "batches.meta.txt"
+# Per-channel mean and (population) std of the 50,000 training images, in
+# [0, 255]: 255 x (0.49140, 0.48216, 0.44653) and 255 x (0.24703, 0.24349,
+# 0.26159).
+TRAIN_MEAN = (125.3069, 122.9504, 113.8654)
+TRAIN_STD = (62.9932, 62.0887, 66.7049)
+_FOLDER = "cifar-10-batches-bin"
+_ARCHIVE = "cifar-10-binary.tar.gz"
+_C_FOLDER = "CIFAR-10-C"
+_LAYOUT = (f"cifar-10-binary.tar.gz, or its extracted {_FOLDER}/ with "
+           f"{', '.join(TRAIN_FILES)}, {TEST_FILE} and {META_FILE}")
+C_LAYOUT = (f"{_C_FOLDER}/<corruption>.npy (50000, 32, 32, 3) uint8 and "
+             f"{_C_FOLDER}/labels.npy, as CIFAR-10-C.tar extracts")
+
+
+def _rgb_bands() -> tuple[bands_lib.Band, ...]:
+  return tuple(b.with_stats(m, s)
+               for b, m, s in zip(bands_lib.RGB, TRAIN_MEAN, TRAIN_STD))
+
+
+def decode_record(record: np.ndarray) -> np.ndarray:
+  """(32, 32, 3) uint8 image of one 3073-byte record (label byte first)."""
+  return np.asarray(record[1:]).reshape(3, 32, 32).transpose(1, 2, 0)
+
+
+class _Records:
+  """The (n, 3073) uint8 records of one batch file: memory-mapped from disk
+  (opened lazily in each process) or held in memory (read from the .tar.gz)."""
+
+  def __init__(self, where: str, path: Path | None = None,
+               data: np.ndarray | None = None):
+    self.where = where
+    self._path = path
+    self._data = data
+
+  def __getstate__(self) -> dict:
+    # A memory map pickles as a copy of the whole file; reopen it instead.
+    state = dict(self.__dict__)
+    if self._path is not None:
+      state["_data"] = None
+    return state
+
+  @property
+  def array(self) -> np.ndarray:
+    if self._data is None:
+      self._data = np.memmap(self._path, np.uint8, "r").reshape(-1, RECORD_BYTES)
+    return self._data
+
+
+class CifarRecords(LabelledImageFiles):
+  """Lazy source over CIFAR-10 batch records: {'image', 'label'}."""
+  dataset_name = "CIFAR-10"
+  reread_hint = f"re-download {CIFAR10_URL}"
+
+  def __init__(self, files: Sequence[_Records], rows: np.ndarray,
+               labels: Sequence[int], name: str):
+    super().__init__(labels, name, IMAGE_SHAPE)
+    self._files = list(files)
+    self._rows = np.asarray(rows, np.int64).reshape(-1, 2)  # (file, record)
+
+  def __repr__(self) -> str:
+    return f"CifarRecords({self._name}, n={len(self)})"
+
+  def _where(self, index: int) -> str:
+    file, row = self._rows[index]
+    return f"{self._files[file].where}, record {row}"
+
+  def _decode(self, index: int) -> np.ndarray:
+    file, row = self._rows[index]
+    return decode_record(self._files[file].array[row])
+
+  def subset(self, indices: np.ndarray, name: str) -> "CifarRecords":
+    return CifarRecords(self._files, self._rows[indices], self.labels[indices],
+                        name)
+
+
+def _check_records(data_bytes: int, where: str) -> None:
+  if data_bytes % RECORD_BYTES or not data_bytes:
+    raise DataError(
+        f"CIFAR-10 batch {where} holds {data_bytes} bytes, not a whole number "
+        f"of {RECORD_BYTES}-byte records: it is truncated or not from the "
+        f"binary release. Re-download {CIFAR10_URL}.")
+
+
+def _records_from_folder(folder: Path, name: str) -> _Records:
+  path = folder / name
+  if not path.is_file():
+    raise missing_data(f"CIFAR-10's {name}", path, CIFAR10_URL,
+                       "config.data.path", _LAYOUT)
+  _check_records(path.stat().st_size, str(path))
+  return _Records(str(path), path=path)
+
+
+def _find_source(path: str | None) -> Path:
+  """The batch folder or the .tar.gz that `path` points at (or holds)."""
+  if not path:
+    raise missing_data("CIFAR-10", path, CIFAR10_URL, "config.data.path", _LAYOUT)
+  root = Path(path).expanduser()
+  if root.is_file():
+    return root
+  for candidate in (root, root / _FOLDER):
+    if (candidate / TEST_FILE).is_file() or (candidate / META_FILE).is_file():
+      return candidate
+  if (root / _ARCHIVE).is_file():
+    return root / _ARCHIVE
+  if (root / "cifar-10-batches-py").is_dir() or (root / "data_batch_1").is_file():
+    raise errors.ConfigValueError(
+        f"{root} holds the pickled python version of CIFAR-10, which eo_jax "
+        f"does not read (unpickling runs code). Download the binary version, "
+        f"{CIFAR10_URL}, and set config.data.path to it.")
+  raise missing_data("CIFAR-10", root, CIFAR10_URL, "config.data.path", _LAYOUT)
+
+
+def _read_archive(path: Path) -> dict[str, bytes]:
+  """The wanted members of cifar-10-binary.tar.gz by file name."""
+  wanted = set(TRAIN_FILES) | {TEST_FILE, META_FILE}
+  found = {}
+  try:
+    with tarfile.open(path, "r:*") as tar:
+      for member in tar:
+        base = os.path.basename(member.name)
+        if member.isfile() and base in wanted:
+          found[base] = tar.extractfile(member).read()
+  except (tarfile.TarError, EOFError, OSError) as e:
+    raise DataError(f"{path} is not a readable tar archive ({e}); re-download "
+                    f"{CIFAR10_URL} or point config.data.path at the "
+                    "extracted folder.") from e
+  missing = sorted(wanted - set(found))
+  if missing:
+    raise missing_data(f"CIFAR-10 files {missing} in {path.name}", path,
+                       CIFAR10_URL, "config.data.path", _LAYOUT)
+  return found
+
+
+def _class_names(text: str, where: str) -> tuple[str, ...]:
+  names = tuple(line.strip() for line in text.splitlines() if line.strip())
+  if len(names) != len(CLASSES):
+    raise DataError(f"{where} names {len(names)} classes, CIFAR-10 has "
+                    f"{len(CLASSES)}; re-download {CIFAR10_URL}.")
+  return names
+
+
+def _open(path: str | None) -> tuple[dict[str, _Records], tuple[str, ...]]:
+  """(records by file name, class names) of the release at `path`."""
+  source = _find_source(path)
+  if source.is_file():
+    members = _read_archive(source)
+    files = {}
+    for name in TRAIN_FILES + (TEST_FILE,):
+      where = f"{source}!{name}"
+      _check_records(len(members[name]), where)
+      data = np.frombuffer(members[name], np.uint8).reshape(-1, RECORD_BYTES)
+      files[name] = _Records(where, data=data)
+    meta = members[META_FILE].decode("utf-8", errors="replace")
+    return files, _class_names(meta, f"{source}!{META_FILE}")
+  files = {name: _records_from_folder(source, name)
+           for name in TRAIN_FILES + (TEST_FILE,)}
+  meta_path = source / META_FILE
+  if not meta_path.is_file():
+    raise missing_data(f"CIFAR-10's {META_FILE}", meta_path, CIFAR10_URL,
+                       "config.data.path", _LAYOUT)
+  return files, _class_names(meta_path.read_text(errors="replace"), str(meta_path))
+
+
+def _source(files: Sequence[_Records], name: str) -> CifarRecords:
+  rows, labels = [], []
+  for i, records in enumerate(files):
+    label_bytes = np.asarray(records.array[:, 0])
+    bad = np.flatnonzero(label_bytes >= len(CLASSES))
+    if bad.size:
+      raise DataError(
+          f"CIFAR-10 batch {records.where}, record {bad[0]}: label "
+          f"{label_bytes[bad[0]]} is outside 0..9 ({bad.size} such records); "
+          f"the file is corrupt. Re-download {CIFAR10_URL}.")
+    rows.append(np.stack([np.full(len(label_bytes), i),
+                          np.arange(len(label_bytes))], -1))
+    labels.append(label_bytes)
+  return CifarRecords(files, np.concatenate(rows), np.concatenate(labels), name)
+
+
+@DATASETS.register("cifar10")
+def cifar10(path: str | None = None, val_fraction: float = 0.1,
+            split_seed: int = 0) -> Dataset:
+  """Builds CIFAR-10 from its binary release (see the module docstring).
+
+  Args:
+    path: cifar-10-binary.tar.gz, its extracted cifar-10-batches-bin/ folder,
+      or the folder holding either.
+    val_fraction: share of each class of the training batches held out as
+      'val' (0 -> no 'val' split).
+    split_seed: seed of the per-class shuffle that picks them.
+  """
+  if not 0.0 <= val_fraction < 1.0:
+    raise errors.ConfigValueError(
+        f"config.data.val_fraction must be in [0, 1), got {val_fraction}.")
+  files, class_names = _open(path)
+  train = _source([files[n] for n in TRAIN_FILES], "train")
+  splits = {"test": _source([files[TEST_FILE]], "test")}
+  if val_fraction > 0:
+    train_idx, val_idx = stratified_split(
+        train.labels, (1.0 - val_fraction, val_fraction), split_seed)
+    splits["train"] = train.subset(train_idx, "train")
+    splits["val"] = train.subset(val_idx, "val")
+  else:
+    splits["train"] = train
+  info = DatasetInfo(name="cifar10", bands=bands_lib.RGB, class_names=class_names,
+                     task=CLASSIFICATION, image_size=IMAGE_SHAPE[:2],
+                     rgb_bands=("R", "G", "B"))
+  return Dataset(info=info, splits=splits)
+
+
+# --------------------------------------------------------------- CIFAR-10-C
+class CorruptedImages(LabelledImageFiles):
+  """One severity of one CIFAR-10-C file: {'image', 'label'}, memory-mapped."""
+  dataset_name = "CIFAR-10-C"
+  reread_hint = f"re-extract or re-download {CIFAR10_C_URL}"
+
+  def __init__(self, path: Path, start: int, labels: Sequence[int], name: str):
+    super().__init__(labels, name, IMAGE_SHAPE)
+    self._path = path
+    self._start = int(start)
+    self._array: np.ndarray | None = None
+
+  def __getstate__(self) -> dict:
+    return {**self.__dict__, "_array": None}
+
+  def __repr__(self) -> str:
+    return f"CorruptedImages({self._path.name}, {self._name}, n={len(self)})"
+
+  def _where(self, index: int) -> str:
+    return f"{self._path}, image {self._start + index}"
+
+  def _decode(self, index: int) -> np.ndarray:
+    if self._array is None:
+      self._array = np.load(self._path, mmap_mode="r")
+    return np.asarray(self._array[self._start + index])
+
+
+def find_cifar10_c(path: str | os.PathLike | None,
+                   key: str = "config.data.path") -> Path:
+  """The CIFAR-10-C folder at `path` (the folder itself or one holding it);
+  `key` names the setting that gives the path, for the error message."""
+  if not path:
+    raise missing_data("CIFAR-10-C", path, CIFAR10_C_URL, key, C_LAYOUT)
+  root = Path(path).expanduser()
+  if root.is_file():
+    raise errors.ConfigValueError(
+        f"{root} is a file; extract it (tar -xf {root.name}) and give the "
+        f"extracted {_C_FOLDER} folder.")
+  for candidate in (root, root / _C_FOLDER):
+    if (candidate / "labels.npy").is_file():
+      return candidate
+  raise missing_data("CIFAR-10-C", root, CIFAR10_C_URL, key, C_LAYOUT)
+
+
+def _load_header(path: Path, what: str) -> np.ndarray:
+  if not path.is_file():
+    raise missing_data(f"CIFAR-10-C's {what}", path, CIFAR10_C_URL,
+                       "config.data.path", C_LAYOUT)
+  try:
+    return np.load(path, mmap_mode="r")
+  except (ValueError, OSError) as e:
+    raise DataError(f"{path} is not a readable .npy file ({e}); "
+                    f"re-extract {CIFAR10_C_URL}.") from e
+
+
+@DATASETS.register("cifar10_c")
+def cifar10_c(path: str | None = None, corruption: str = "",
+              severity: int = 1) -> Dataset:
+  """Builds one corruption at one severity of CIFAR-10-C (see the module
+  docstring).
+
+  Args:
+    path: the extracted CIFAR-10-C folder, or the folder holding it.
+    corruption: one of `CORRUPTIONS` (or `EXTRA_CORRUPTIONS`).
+    severity: 1 (mildest) to 5.
+  """
+  known = CORRUPTIONS + EXTRA_CORRUPTIONS
+  if corruption not in known:
+    raise errors.ConfigValueError(
+        f"config.data.corruption={corruption!r} is not a CIFAR-10-C "
+        f"corruption; use one of {list(known)}.")
+  if isinstance(severity, bool) or severity not in SEVERITIES:
+    raise errors.ConfigValueError(
+        f"config.data.severity={severity!r}; CIFAR-10-C has severities "
+        f"{list(SEVERITIES)}.")
+  folder = find_cifar10_c(path)
+  labels = _load_header(folder / "labels.npy", "labels.npy")
+  images = _load_header(folder / f"{corruption}.npy", f"{corruption}.npy")
+  n = len(labels)
+  if (labels.ndim != 1 or images.shape[1:] != IMAGE_SHAPE
+      or images.dtype != np.uint8 or len(images) != n or n % len(SEVERITIES)):
+    raise DataError(
+        f"{folder / (corruption + '.npy')} holds {images.dtype} {images.shape} "
+        f"for labels.npy's {labels.shape}; expected (5 x n, 32, 32, 3) uint8 "
+        f"and (5 x n,) labels. Re-extract {CIFAR10_C_URL}.")
+  per = n // len(SEVERITIES)
+  start = (int(severity) - 1) * per
+  chosen = np.asarray(labels[start:start + per]).astype(np.int64)
+  if chosen.size and (chosen.min() < 0 or chosen.max() >= len(CLASSES)):
+    raise DataError(f"{folder / 'labels.npy'} holds labels outside 0..9; "
+                    f"re-extract {CIFAR10_C_URL}.")
+  source = CorruptedImages(folder / f"{corruption}.npy", start, chosen,
+                           f"{corruption}-{severity}")
+  info = DatasetInfo(name="cifar10_c", bands=_rgb_bands(), class_names=CLASSES,
+                     task=CLASSIFICATION, image_size=IMAGE_SHAPE[:2],
+                     rgb_bands=("R", "G", "B"))
+  return Dataset(info=info, splits={"test": source})
