@@ -48,6 +48,14 @@ def base_config() -> ConfigDict:
   c = ConfigDict()
   c.seed = 0
   c.objective = "supervised"
+  # How the train state sits on the devices (eo_jax/sharding.py):
+  # 'replicated': every device holds all parameters, optimiser and objective
+  # state; 'fsdp': arrays of >= 2**14 elements are split over the devices
+  # along their largest divisible dimension (fully-sharded data parallelism:
+  # ~1/N of the state per device, for models that do not fit replicated).
+  # Batches are split over the devices either way; the results are the same
+  # to float rounding, and a checkpoint resumes under either value.
+  c.sharding = "replicated"
 
   # Data: `name` picks the dataset factory; the other fields are its kwargs,
   # except the pipeline fields below, which the pipeline reads.
@@ -144,6 +152,16 @@ def base_config() -> ConfigDict:
   # Subtree of this run's params it goes to, e.g. 'backbone' under a decoder.
   c.init_from.target_prefix = ""
   c.init_from.step = 0              # 0 -> the latest checkpoint
+  # Or published PyTorch weights (eo_jax/interop/): a torchvision ResNet or
+  # timm / DINOv2 ViT state dict (.pth / .safetensors) for config.model;
+  # source_prefix is then a dotted key prefix ('teacher.backbone').
+  c.init_from.torch_checkpoint = ""
+  # The bands the checkpoint was trained on, in its channel order: a sensor
+  # of eo_jax.data.bands.SENSORS, or band names ('B04,B03,B02', 'pan@600').
+  c.init_from.checkpoint_bands = "rgb"
+  # Input filters for bands the source lacks: 'nearest' (wavelength), 'mean'
+  # or 'copy' (zeros); eo_jax/interop/band_adaptation.py.
+  c.init_from.band_rule = "nearest"
   return c
 
 

@@ -40,6 +40,11 @@ class CheckpointError(UserError, ValueError):
   """A workdir's checkpoints cannot be resumed with this config."""
 
 
+class MissingPackageError(UserError, ImportError):
+  """An optional package a feature needs is not installed (the message says
+  which pip command installs it)."""
+
+
 class WorkdirBusyError(UserError, RuntimeError):
   """Another run holds the workdir."""
 

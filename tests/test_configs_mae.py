@@ -18,6 +18,7 @@ from eo_jax.data.datasets import build_dataset
 from eo_jax.models import vit as vit_lib
 from eo_jax.objectives import OBJECTIVES
 from eo_jax.train import optim, trainer
+from eo_jax.train.init_from import load_init_from
 from tiny import Crash, crash_at, final_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,12 +146,25 @@ def test_linear_probe_starts_from_the_frozen_mae_encoder(mae_run, tmp_path):
   assert saved["test"]["accuracy"] == results["test"]["accuracy"]
 
 
-def test_init_from_refuses_other_bands(mae_run, tmp_path):
+def test_init_from_fits_the_patch_embedding_to_other_bands(mae_run):
+  """A 3-band probe of the 13-band encoder: the ViT declares its input kernel
+  (`input_kernels`), so init_from copies the source's B04, B03, B02 filters
+  and drops the others instead of refusing the bands."""
   source, _ = mae_run
   config, _ = load_config("vit_eolearn.py", "mode=probe,runlocal=True",
                           **{"init_from.workdir": str(source),
                              "data.bands": ("B04", "B03", "B02")})
-  with pytest.raises(ValueError, match="band mismatch"):
-    trainer.train_and_evaluate(config, str(tmp_path))
-  assert not (tmp_path / "checkpoints").exists() or not os.listdir(
-      tmp_path / "checkpoints")
+  info = build_dataset(config.data).info
+  objective = OBJECTIVES.get("supervised")(config, info)
+  def init():
+    variables = objective.init(jax.random.key(0),
+                               {"image": np.zeros((2, 8, 8, 3), np.float32)})
+    return variables.params, variables.model_state
+
+  shapes = jax.eval_shape(init)
+  zeros, state = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+  params, _ = load_init_from(config.init_from, info, zeros, state,
+                             objective.backbones(), model_config=config.model)
+  kernel = final_params(str(source))["encoder/embedding/kernel"]
+  np.testing.assert_array_equal(params["embedding"]["kernel"],
+                                kernel[:, :, [3, 2, 1], :])  # S2 band order

@@ -46,6 +46,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 from absl import logging
 
+from eo_jax import sharding
 from eo_jax.data import bands as bands_lib
 from eo_jax.data.datasets import build_dataset
 from eo_jax.data.datasets.base import Dataset, DatasetInfo
@@ -229,6 +230,11 @@ class PredictionEvaluator(Evaluator):
       if first is None and len(next(iter(local.values()))):
         first = local
     figures = {}
-    if self.visualize and first is not None and jax.process_index() == 0:
-      figures = self.context.objective.visualize(state, first, step, self.split)
+    if self.visualize:
+      # Process 0 draws alone, so split ('fsdp') arrays are gathered first,
+      # by every process; the optimiser state is never drawn.
+      shown = sharding.gather_sharded(state.replace(opt_state=None)
+                                      if hasattr(state, "opt_state") else state)
+      if first is not None and jax.process_index() == 0:
+        figures = self.context.objective.visualize(shown, first, step, self.split)
     return EvalOutput(metrics.result(), figures)

@@ -61,12 +61,16 @@ class EvalRunner:
   Args:
     mesh: the device mesh; batches are sharded over its data axis.
     input_config: `config.input` (eval batch size, prefetch, image size).
+    mode: `config.sharding`, the train state's layout ('replicated' or
+      'fsdp'), which the evaluated state keeps.
   """
 
-  def __init__(self, mesh: Mesh, input_config: Any):
+  def __init__(self, mesh: Mesh, input_config: Any,
+               mode: str = sharding.REPLICATED):
     self.mesh = mesh
     self.input_config = input_config
-    self._jitted: dict[int, tuple[Callable, Callable]] = {}
+    self.mode = sharding.check_mode(mode)
+    self._jitted: dict[Any, tuple[Callable, Callable]] = {}
     self._features: dict[Any, tuple[np.ndarray, np.ndarray]] = {}
     self._features_step: int | None = None
 
@@ -75,14 +79,17 @@ class EvalRunner:
     return int(batch_size or self.input_config.eval_batch_size
                or self.input_config.batch_size)
 
-  def jit(self, fn: OutputFn) -> Callable:
-    """`fn(state, batch)` jitted with replicated state and a sharded batch."""
-    key = id(fn)
+  def jit(self, fn: OutputFn, state: Any = None) -> Callable:
+    """`fn(state, batch)` jitted with a sharded batch and the state laid out
+    as `mode` lays out `state` (replicated when `state` is None)."""
+    state_shardings = (sharding.replicated(self.mesh) if state is None else
+                       sharding.state_shardings(state, self.mesh, self.mode))
+    leaves, treedef = jax.tree.flatten(state_shardings)
+    key = (id(fn), treedef, tuple(leaves))
     if key not in self._jitted:
       # The function itself is kept so its id cannot be reused.
       self._jitted[key] = (fn, jax.jit(
-          fn, in_shardings=(sharding.replicated(self.mesh),
-                            sharding.batch_sharded(self.mesh)),
+          fn, in_shardings=(state_shardings, sharding.batch_sharded(self.mesh)),
           out_shardings=sharding.batch_sharded(self.mesh)))
     return self._jitted[key][1]
 
@@ -108,7 +115,7 @@ class EvalRunner:
     the batch entries named in `keep` (e.g. 'label'), padding removed; the
     local batch is this process's unpadded input, for pictures.
     """
-    step = self.jit(fn)
+    step = self.jit(fn, state)
     for batch, valid, local in self.batches(dataset, split, batch_size=batch_size,
                                             image_size=image_size):
       out = dict(step(state, batch))

@@ -51,6 +51,16 @@ spatial-spectral ViT with wavelength-generated patch embeddings) says so with
 a `band_agnostic` property that is True; `init_from` then loads its weights
 for data of other bands (another sensor) instead of refusing them.
 
+A backbone whose only band-dependent parameters are input kernels declares
+them: `input_kernels()` -> the '/'-joined paths of every parameter with a
+band axis, which must be axis -2 (a ResNet's 'stem_conv/kernel', a ViT's
+'embedding/kernel', a BagNet's 'stem_conv1/kernel'; a segmentation model
+forwards its backbone's under 'backbone/'). `init_from` then fits weights
+trained on other bands by wavelength (eo_jax/interop/band_adaptation.py)
+instead of refusing them. A model without the method, or whose method
+returns None (a wrapper around a backbone that declares nothing), keeps
+the strict band check.
+
 Objectives and `init_from` check these with `require_backbone` /
 `require_token_backbone` (structural checks, not a model's class), so a new
 network plugs in by meeting the contract, not by being named in them.

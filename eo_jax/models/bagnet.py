@@ -209,6 +209,10 @@ class BagNet(nn.Module):
     """Stem 0, stage i -> i, head and anything else `num_layers()`."""
     return common.stage_layer_id(path, len(self.blocks), _STEM_PARTS)
 
+  def input_kernels(self) -> tuple[str, ...]:
+    """The parameters with a band axis (-2): the first (1x1) stem conv's kernel."""
+    return ("stem_conv1/kernel",)
+
   def num_layers(self) -> int:
     """Stages + 1: the depth of the head, above the last stage."""
     return len(self.blocks) + 1

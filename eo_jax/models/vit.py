@@ -419,6 +419,10 @@ class ViT(nn.Module):
     """
     return adapt_posemb(path, value, shape)
 
+  def input_kernels(self) -> tuple[str, ...]:
+    """The parameters with a band axis (-2): the patch embedding's kernel."""
+    return ("embedding/kernel",)
+
   def dense_maps(self) -> dict[str, int]:
     """'patch_tokens' and every block's 'grid_<i>', at the patch stride."""
     maps = {"patch_tokens": self.patch_size}

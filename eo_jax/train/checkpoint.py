@@ -59,13 +59,24 @@ class Checkpointer:
     self._manager.save(step, args=args, force=True)
     self._manager.wait_until_finished()
 
-  def restore(self, abstract_state: Any, step: int | None = None
-              ) -> tuple[Any, Any, dict]:
-    """Restores `step` (default: latest) into the structure of `abstract_state`."""
+  def restore(self, abstract_state: Any, step: int | None = None,
+              shardings: Any = None) -> tuple[Any, Any, dict]:
+    """Restores `step` (default: latest) into the structure of `abstract_state`.
+
+    Each array is read straight into its place in `shardings` (a tree like
+    the state's, e.g. `sharding.state_shardings`; None: the shardings of
+    `abstract_state`'s arrays), whatever layout wrote it: a checkpoint of an
+    'fsdp' run restores into a replicated one and back.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    if shardings is None:
+      target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    else:
+      target = jax.tree.map(
+          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+          abstract_state, shardings)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target),
         data=ocp.args.JsonRestore(),
@@ -152,8 +163,11 @@ def shape_mismatches(stored: dict[str, tuple[tuple[int, ...], str]],
 
 def restore_newest_good(checkpointer: Checkpointer, abstract_state: Any,
                         check: Callable[[int, dict], None],
-                        config: Any = None) -> tuple[Any, Any, dict] | None:
+                        config: Any = None, shardings: Any = None
+                        ) -> tuple[Any, Any, dict] | None:
   """Restores the newest readable checkpoint, or None when there is none.
+
+  The arrays are placed as `shardings` says (see `Checkpointer.restore`).
 
   Each candidate's metadata is read and handed to `check(step, meta)`, which
   raises for a checkpoint of other data (a user error, never silently
@@ -182,7 +196,7 @@ def restore_newest_good(checkpointer: Checkpointer, abstract_state: Any,
           f"{' (and more)' if len(mismatches) > 4 else ''}."
           f"{_config_hint(meta, config)}")
     try:
-      return checkpointer.restore(abstract_state, step)
+      return checkpointer.restore(abstract_state, step, shardings)
     except Exception as e:  # pylint: disable=broad-except; any damage
       moved.append(_set_aside(checkpointer, step, e))
   if moved:

@@ -51,7 +51,8 @@ class Run:
     info: the training data's description, band statistics included.
     dataset: the training dataset, normalised with those statistics.
     objective: the objective, built as the trainer built it.
-    state: the restored train state (replicated over `mesh`).
+    state: the restored train state, laid out over `mesh` as the run's
+      `config.sharding` says (replicated, or large arrays split for 'fsdp').
     mesh: the device mesh of this process.
     step: the step of the restored state.
   """
@@ -169,6 +170,7 @@ def restore_run(workdir: str, step: int | None = None, *, best: bool = True) -> 
   config = ml_collections.ConfigDict(json.loads(meta["config"]))
   # The checkpoint replaces every value: the source run is not read again.
   config.init_from.workdir = ""
+  config.init_from.torch_checkpoint = ""
   run = build_run(config, workdir=workdir,
                   info=DatasetInfo.from_dict(meta["info"]))
   source = checkpointer
@@ -178,7 +180,9 @@ def restore_run(workdir: str, step: int | None = None, *, best: bool = True) -> 
     if source.latest_step() is None:
       source.close()
       source = checkpointer
-  run.state, _, _ = source.restore(run.state, step)
+  run.state, _, _ = source.restore(
+      run.state, step, sharding.state_shardings(
+          run.state, run.mesh, sharding.config_mode(config)))
   run.step = int(run.state.step)
   for c in {id(source): source, id(checkpointer): checkpointer}.values():
     c.close()

@@ -4,8 +4,11 @@
 optimiser, the objective's post-update hook (EMA teachers), and the
 metrics the trainer logs. Its random key is folded from the step number, so
 a resumed run draws exactly what an uninterrupted one would have drawn.
-`make_train_step` compiles it for a mesh: state replicated and donated,
-batch sharded over the data axis (data parallelism, on one host or many).
+`make_train_step` compiles it for a mesh: the state donated and laid out
+as `config.sharding` says (`sharding.state_shardings`: replicated, or large
+arrays split for 'fsdp', where XLA gathers parameters and reduces gradients
+itself), the batch sharded over the data axis (data parallelism, on one host
+or many).
 """
 from __future__ import annotations
 
@@ -47,15 +50,21 @@ def train_step(objective: Objective, tx: optax.GradientTransformation,
 
 
 def make_train_step(objective: Objective, tx: optax.GradientTransformation,
-                    schedule: Callable[[Any], jax.Array], seed: int, mesh: Mesh
+                    schedule: Callable[[Any], jax.Array], seed: int, mesh: Mesh,
+                    state_shardings: Any = None
                     ) -> Callable[[TrainState, Mapping[str, jax.Array]],
                                   tuple[TrainState, tuple[Metrics, jax.Array]]]:
-  """`train_step` jitted over `mesh`: the state is donated (updated in place)."""
+  """`train_step` jitted over `mesh`: the state is donated (updated in place).
+
+  `state_shardings` (`sharding.state_shardings` of the state) places the
+  state on the way in and out; None replicates it.
+  """
   base_rng = jax.random.key(seed + 1)
   repl = sharding.replicated(mesh)
+  state_shardings = repl if state_shardings is None else state_shardings
 
   def step(state, batch):
     return train_step(objective, tx, schedule, base_rng, state, batch)
 
-  return jax.jit(step, in_shardings=(repl, sharding.batch_sharded(mesh)),
-                 out_shardings=(repl, repl), donate_argnums=(0,))
+  return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharded(mesh)),
+                 out_shardings=(state_shardings, repl), donate_argnums=(0,))

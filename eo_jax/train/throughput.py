@@ -57,6 +57,17 @@ def device_peak_flops(device_kind: str, dtype: str = "float32") -> float | None:
   return None
 
 
+def compute_dtype(config: Any) -> str:
+  """The model's compute dtype ('float32' unless set): `config.model.dtype`,
+  or its backbone's for models that nest one (segmentation)."""
+  model = config.model
+  if "dtype" in model:
+    return str(model.dtype)
+  if "backbone" in model and "dtype" in model.backbone:
+    return str(model.backbone.dtype)
+  return "float32"
+
+
 def step_flops(jitted: Callable, *args: Any) -> float | None:
   """FLOPs of one call of the jitted function on `args` (whole program, all
   devices together) by XLA's cost analysis; None if the backend has none."""

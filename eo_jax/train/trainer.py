@@ -58,7 +58,8 @@ def evaluation_context(config: ml_collections.ConfigDict, objective: Objective,
   """What `config.evals` needs: the objective, the data, a runner."""
   steps_per_epoch = pipeline.steps_per_epoch(dataset, config.input)
   return EvalContext(objective=objective, dataset=dataset,
-                     runner=EvalRunner(mesh, config.input),
+                     runner=EvalRunner(mesh, config.input,
+                                       sharding.config_mode(config)),
                      eval_every=config.train.eval_every_steps or steps_per_epoch)
 
 
@@ -86,6 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         hooks: Sequence[Hook], interrupt: InterruptGuard
                         ) -> dict[str, Any]:
+  mode = sharding.config_mode(config)  # a wrong value fails before any work
   is_main = jax.process_index() == 0
   logged_before = last_logged_step(workdir) if is_main else None
   writer = make_writer(workdir, is_main=is_main)
@@ -115,7 +117,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state, tx, schedule = create_train_state(
       config, objective, info, example_batch, mesh,
       steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-  train_step = make_train_step(objective, tx, schedule, config.seed, mesh)
+  # The state keeps this layout through every step, restore and evaluation.
+  state_shardings = sharding.state_shardings(state, mesh, mode)
+  train_step = make_train_step(objective, tx, schedule, config.seed, mesh,
+                               state_shardings)
 
   # ----------------------------------------------------------- Evaluators
   evaluators = build_evaluators(
@@ -131,7 +136,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   pending_metrics: list[dict[str, Any]] = []
   restored = restore_newest_good(
       checkpointer, state, lambda step, meta: check_compatible(meta, info, workdir),
-      config)
+      config, state_shardings)
   if restored is not None:
     state, iterator_state, meta = restored
     train_iter.set_state(iterator_state_from_json(iterator_state))
@@ -223,7 +228,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       mean.update(throughput.rates(
           mean["train/steps_per_second"], config.input.batch_size, flops_per_step,
           throughput.device_peak_flops(jax.devices()[0].device_kind,
-                                       config.model.get("dtype", "float32")),
+                                       throughput.compute_dtype(config)),
           jax.device_count()))
       tick = now
       reporter.scalars(step, mean)
@@ -260,7 +265,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # ----------------------------------------------------- Final evaluation
   results: dict[str, Any] = {"step": int(state.step), "dataset": info.name}
   if best_checkpointer and stopper.best_step in best_checkpointer.all_steps():
-    state, _, _ = best_checkpointer.restore(state, stopper.best_step)
+    state, _, _ = best_checkpointer.restore(state, stopper.best_step,
+                                            state_shardings)
     results["evaluated_step"] = int(state.step)
     results["early_stopping"] = stopper.dump() | {"metric": stopper.metric}
     logging.info("Final evaluation of the best state (step %d).", int(state.step))

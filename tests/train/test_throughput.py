@@ -81,3 +81,13 @@ def test_the_trainer_logs_images_per_second_and_tflops(tmp_path):
   np.testing.assert_allclose(per_step, per_step[0], rtol=1e-9)
   assert per_step[0] > 0
   assert "train/mfu" not in history  # CPU: no peak in the table
+
+
+def test_compute_dtype_of_plain_and_nested_models():
+  plain = ml_collections.ConfigDict(dict(model=dict(name="vit", dtype="bfloat16")))
+  nested = ml_collections.ConfigDict(dict(model=dict(
+      name="segmentation", backbone=dict(name="resnet18", dtype="bfloat16"))))
+  default = ml_collections.ConfigDict(dict(model=dict(name="resnet18")))
+  assert throughput.compute_dtype(plain) == "bfloat16"
+  assert throughput.compute_dtype(nested) == "bfloat16"
+  assert throughput.compute_dtype(default) == "float32"
