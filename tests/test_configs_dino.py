@@ -129,6 +129,32 @@ def test_runlocal_dino_trains_on_synthetic_32_band_data(tmp_path):
   assert not np.array_equal(kernel(student), kernel(teacher))
 
 
+def test_init_from_another_dino_run_starts_the_teacher_as_the_loaded_student(tmp_path):
+  import eo_jax  # pylint: disable=g-import-not-at-top
+  from eo_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  # A source checkpoint whose student is neither its teacher nor any init.
+  source = eo_jax.build_run(_load("dino_whu").get_config("runlocal=True"))
+  student = jax.tree.map(lambda x: np.asarray(x) + 0.125,
+                         source.state.params["student"])
+  saved = Checkpointer(str(tmp_path / "source" / "checkpoints"), keep=1)
+  saved.save(1, {"params": {"student": student}, "model_state": {}}, None,
+             {"config": source.config.to_json_best_effort(),
+              "info": source.info.to_dict()})
+  saved.close()
+  target = _load("dino_whu").get_config("runlocal=True")
+  target.unlock()
+  target.init_from.workdir = str(tmp_path / "source")
+  target.init_from.source_prefix = target.init_from.target_prefix = "student"
+  run = eo_jax.build_run(target)
+  want = [np.asarray(x) for x in jax.tree.leaves(student)]
+  for name, tree in (("student", run.state.params["student"]),
+                     ("teacher", run.state.extra["teacher"])):
+    got = [np.asarray(x) for x in jax.tree.leaves(tree)]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+      np.testing.assert_array_equal(g, w, err_msg=name)
+
+
 def test_dino_whu_config_runs_on_whu_ohs_files_and_resumes_exactly(tmp_path):
   root = write_whu_ohs(tmp_path / "WHU-OHS")
   config = _load("dino_whu").get_config(f"runlocal=True,path={root}")

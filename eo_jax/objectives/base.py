@@ -196,6 +196,16 @@ class Objective(abc.ABC):
   def after_update(self, state: TrainState) -> PyTree:
     return state.extra
 
+  def after_init_from(self, params: PyTree, extra: PyTree) -> PyTree:
+    """`extra` for `params` that `config.init_from` has just overwritten.
+
+    Extra state derived from the parameters at init (an EMA teacher that
+    starts as the student) must follow them, or it would keep the random
+    initial values. The default has nothing to derive.
+    """
+    del params
+    return extra
+
   @abc.abstractmethod
   def eval_step(self, state: TrainState,
                 batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:

@@ -503,6 +503,10 @@ class DINO(Objective):
     return total, StepOutput(metrics=metrics, model_state=state.model_state,
                              extra=extra)
 
+  def after_init_from(self, params: Any, extra: Any) -> Any:
+    # The teacher starts as the (now loaded) student, as at init.
+    return {**extra, "teacher": jax.tree.map(lambda x: x + 0, params["student"])}
+
   def after_update(self, state: TrainState) -> Any:
     # `state.step` already counts the update just made; DINOv2 indexes its
     # momentum schedule by that update's 0-based index.
