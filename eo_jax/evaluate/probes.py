@@ -11,12 +11,15 @@ how a self-supervised run reports downstream quality while it trains.
   c.evals.linear = dict(type='linear_probe', prefix='probe', data=...)
 
 Metrics: 'knn<k>/accuracy', 'knn<k>/macro_f1', 'linear/accuracy',
-'linear/macro_f1'.
+'linear/macro_f1'. With `pca_figure=True` a probe also draws the evaluated
+split's features on their first two principal components, coloured by
+class ('<name>_pca.png' in the workdir).
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 
 from eo_jax.data.datasets.base import CLASSIFICATION
@@ -60,8 +63,11 @@ class _Probe(Evaluator):
   """Features of `train_split` and `split` of labelled data, then a score."""
 
   def __init__(self, name: str, context: EvalContext, *,
-               train_split: str = "train", **common: Any):
+               train_split: str = "train", pca_figure: bool = False,
+               **common: Any):
     super().__init__(name, context, **common)
+    self.pca_figure = bool(pca_figure)
+    self.visualize = True  # restore_run's evaluate turns pictures off
     if self.info.task != CLASSIFICATION:
       raise ConfigValueError(f"config.evals.{name}: dataset {self.info.name!r} is a "
                        f"{self.info.task} dataset; probes need image-level labels.")
@@ -82,6 +88,18 @@ class _Probe(Evaluator):
         batch_size=self.batch_size, image_size=self.image_size)
                  for split in (self.train_split, self.split))
 
+  def figures(self, evaluation: tuple[np.ndarray, np.ndarray], step: int
+              ) -> dict[str, Any]:
+    """With `pca_figure`: '<name>_pca.png', the evaluated split's features
+    on their first two principal components, coloured by class."""
+    if (not (self.pca_figure and self.visualize) or len(evaluation[0]) < 2
+        or jax.process_index()):
+      return {}
+    from eo_jax.visualize.pca import plot_feature_pca  # pylint: disable=g-import-not-at-top
+    return {f"{self.name}_pca.png": plot_feature_pca(
+        evaluation[0], evaluation[1], self.info.class_names,
+        title=f"{self.info.name} {self.split} features, step {step}")}
+
 
 @EVALUATORS.register("knn")
 class KNNProbe(_Probe):
@@ -95,9 +113,10 @@ class KNNProbe(_Probe):
     self.temperature = float(temperature)
 
   def run(self, state: Any, step: int) -> EvalOutput:
+    train, evaluation = self.features(state, step)
     return EvalOutput(knn_probe_metrics(
-        *self.features(state, step), num_classes=self.info.num_classes,
-        k=self.k, temperature=self.temperature), {})
+        train, evaluation, num_classes=self.info.num_classes,
+        k=self.k, temperature=self.temperature), self.figures(evaluation, step))
 
 
 @EVALUATORS.register("linear_probe")
@@ -110,6 +129,7 @@ class LinearProbe(_Probe):
     self.epochs = int(epochs)
 
   def run(self, state: Any, step: int) -> EvalOutput:
+    train, evaluation = self.features(state, step)
     return EvalOutput(linear_probe_metrics(
-        *self.features(state, step), num_classes=self.info.num_classes,
-        epochs=self.epochs), {})
+        train, evaluation, num_classes=self.info.num_classes,
+        epochs=self.epochs), self.figures(evaluation, step))

@@ -197,6 +197,12 @@ class ResNet(nn.Module):
     output_stride: None (strides 4, 8, 16, 32), or 8 or 16: the stages past
       it are dilated instead of strided (module docstring). Any power of two
       at least the stem's stride is accepted.
+    frozen_stages: -1 (default) trains everything; 0 freezes the stem; n > 0
+      the stem and stages 1..n. Frozen parts run in inference mode (their
+      BatchNorm layers normalise with, and never update, the running
+      statistics) and pass no gradient back, as a frozen backbone does in
+      transfer learning; pair it with `config.optim.frozen` on the same
+      parameters so the optimiser (weight decay) leaves them alone too.
     dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32 and the
       pooled features and logits are float32.
   """
@@ -212,6 +218,7 @@ class ResNet(nn.Module):
   head_dropout: float | None = None
   zero_init_residual: bool = False
   output_stride: int | None = None
+  frozen_stages: int = -1
   dtype: Any = jnp.float32
 
   def dense_maps(self) -> dict[str, int]:
@@ -222,6 +229,10 @@ class ResNet(nn.Module):
     """Stem 0, stage i -> i, head and anything else `num_layers()`."""
     return common.stage_layer_id(path, _kept_stages(self), _STEM_PARTS)
 
+  def input_kernels(self) -> tuple[str, ...]:
+    """The parameters with a band axis (-2): the stem convolution's kernel."""
+    return ("stem_conv/kernel",)
+
   def num_layers(self) -> int:
     """Kept stages + 1: the depth of the head, above the last stage."""
     return _kept_stages(self) + 1
@@ -231,6 +242,11 @@ class ResNet(nn.Module):
     if self.block not in _BLOCKS:
       raise ConfigValueError(f"Unknown ResNet block {self.block!r}; "
                        f"config.model.block must be one of {BLOCK_KINDS}.")
+    if not -1 <= self.frozen_stages <= _kept_stages(self):
+      raise ConfigValueError(
+          f"frozen_stages={self.frozen_stages} but the ResNet keeps "
+          f"{_kept_stages(self)} stages; use -1 (nothing frozen), 0 (the stem) "
+          f"to {_kept_stages(self)} (the whole backbone).")
     if not 0 <= self.num_stages <= len(self.stage_sizes):
       raise ConfigValueError(
           f"num_stages={self.num_stages} but the ResNet has "
@@ -245,11 +261,15 @@ class ResNet(nn.Module):
     features = {}
     x = jnp.asarray(image, self.dtype)
     kernel, stride = (3, 1) if self.low_res_stem else (7, 2)
+    # Stage 0 is the stem; stages <= frozen_stages run frozen.
+    part_train = lambda stage: train and stage > self.frozen_stages
     x = common.conv(self.width, kernel, stride, dtype=self.dtype,
                     name="stem_conv")(x)
-    x = nn.relu(common.batch_norm(train, self.dtype, name="stem_bn")(x))
+    x = nn.relu(common.batch_norm(part_train(0), self.dtype, name="stem_bn")(x))
     if not self.low_res_stem:
       x = layers.MaxPool((3, 3), (2, 2), ((1, 1), (1, 1)), name="stem_pool")(x)
+    if self.frozen_stages == 0:
+      x = jax.lax.stop_gradient(x)
     features["stem"] = x
 
     block_cls = _BLOCKS[self.block]
@@ -261,7 +281,10 @@ class ResNet(nn.Module):
                       first_dilation=(stage.first_dilation if j == 0
                                       else stage.dilation),
                       dilation=stage.dilation,
-                      name=f"stage_{i + 1}_block_{j}")(x, train)
+                      name=f"stage_{i + 1}_block_{j}")(x, part_train(i + 1))
+      if i + 1 == self.frozen_stages:
+        # Everything below is frozen: no gradient needs to reach it.
+        x = jax.lax.stop_gradient(x)
       features[f"stage_{i + 1}"] = x
 
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))

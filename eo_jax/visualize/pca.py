@@ -8,11 +8,15 @@ patches below a threshold on it are blacked out and the PCA is refitted on
 the rest, so the colours are spent on the foreground. `plot_patch_pca`
 returns a figure of each image's RGB composite (`figures.rgb_composite`)
 next to its PCA colours; save it with `figures.save_figure`.
+
+`plot_feature_pca` does the same for whole images: pooled features on their
+first two principal components, coloured by class.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -140,4 +144,56 @@ def plot_patch_pca(images: np.ndarray, rgb_band_indices: Sequence[int],
   axes[0, 1].set_title("patch PCA (1st-3rd components)")
   if title:
     fig.suptitle(title)
+  return fig
+
+
+def feature_pca_scores(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Image features on their first two principal components.
+
+  Args:
+    features: (N, D) pooled features, N >= 2, D >= 2.
+
+  Returns:
+    ((N, 2) scores, (2,) fraction of the total variance each explains).
+  """
+  x = np.asarray(features, np.float64)
+  mean, components = fit_pca(x, 2)
+  centred = x - mean
+  total = float(np.sum(centred ** 2))
+  scores = centred @ components.T
+  explained = np.sum(scores ** 2, axis=0) / (total if total > 0 else 1.0)
+  return scores, explained
+
+
+def plot_feature_pca(features: np.ndarray, labels: np.ndarray,
+                     class_names: Sequence[str], *,
+                     title: str | None = None) -> Figure:
+  """Scatter of pooled image features on their first two principal
+  components, one colour per class (a linear probe's view of the data:
+  classes that separate here separate for a linear classifier).
+
+  Args:
+    features: (N, D) features, e.g. what a frozen backbone extracts.
+    labels: (N,) class indices into `class_names`.
+    class_names: the dataset's classes.
+    title: figure title.
+  """
+  labels = np.asarray(labels)
+  if len(labels) != len(features):
+    raise ValueError(f"{len(features)} feature rows but {len(labels)} labels.")
+  scores, explained = feature_pca_scores(features)
+  fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+  ax = fig.subplots()
+  cmap = matplotlib.colormaps["tab20" if len(class_names) > 10 else "tab10"]
+  for k, name in enumerate(class_names):
+    chosen = labels == k
+    if np.any(chosen):
+      ax.scatter(scores[chosen, 0], scores[chosen, 1], s=8, alpha=0.7,
+                 color=cmap(k % cmap.N), label=f"{name} ({int(chosen.sum())})")
+  ax.set_xlabel(f"PC 1 ({100 * explained[0]:.1f}% of the variance)")
+  ax.set_ylabel(f"PC 2 ({100 * explained[1]:.1f}%)")
+  if len(class_names) <= 20:
+    ax.legend(fontsize="small", markerscale=2, loc="best")
+  if title:
+    ax.set_title(title)
   return fig

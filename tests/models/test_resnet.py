@@ -443,3 +443,41 @@ def test_matches_torchvision_layout(block, output_stride, stage_sizes, dilate):
   with torch.no_grad():
     expected = net(torch.from_numpy(np.array(x).transpose(0, 3, 1, 2)))
   np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_frozen_stages_run_in_inference_mode_without_gradient():
+  kwargs = dict(bands=_bands(4), num_classes=3, stage_sizes=(1, 1),
+                width=4, low_res_stem=True)
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 4)) * 3 + 1
+  labels = jnp.array([0, 1, 2, 0])
+  variables = resnet.resnet(**kwargs).init(jax.random.key(0), x)
+  # Non-trivial running statistics, so inference mode differs from train mode.
+  variables = {**variables, "batch_stats": jax.tree.map(
+      lambda v: v + 0.3, variables["batch_stats"])}
+  frozen = resnet.resnet(frozen_stages=1, **kwargs)
+  free = resnet.resnet(**kwargs)
+
+  def loss(params, model):
+    (logits, feats), new_state = model.apply(
+        {"params": params, "batch_stats": variables["batch_stats"]}, x,
+        train=True, mutable=["batch_stats"])
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, labels).mean(), (feats, new_state)
+
+  grads, (feats, new_state) = jax.grad(loss, has_aux=True)(
+      variables["params"], frozen)
+  free_grads, _ = jax.grad(loss, has_aux=True)(variables["params"], free)
+  for part in ("stem_conv", "stem_bn", "stage_1_block_0"):
+    assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads[part]))
+    assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(free_grads[part]))
+    for old, new in zip(jax.tree.leaves(variables["batch_stats"].get(part, {})),
+                        jax.tree.leaves(new_state["batch_stats"].get(part, {}))):
+      np.testing.assert_array_equal(old, new)  # running stats untouched
+  assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["stage_2_block_0"]))
+  assert not np.allclose(new_state["batch_stats"]["stage_2_block_0"]["bn1"]["mean"],
+                         variables["batch_stats"]["stage_2_block_0"]["bn1"]["mean"])
+  # The frozen part computes what the whole model computes in inference mode.
+  _, eval_feats = free.apply(variables, x, train=False)
+  np.testing.assert_allclose(feats["stage_1"], eval_feats["stage_1"], rtol=1e-6)
+  with pytest.raises(ValueError, match="frozen_stages=3"):
+    resnet.resnet(frozen_stages=3, **kwargs).init(jax.random.key(0), x)
