@@ -39,7 +39,8 @@ features on test with the PCA picture of those features coloured by class
 
 Variants (`configs/transfer.py:key=value,...`): stage=probe|partial|full,
 arch=resnet18|resnet34|resnet50, dataset=..., path=..., weights=..., init=...,
-checkpoint_bands=rgb, band_rule=nearest, image_size=128, epochs=10,
+checkpoint_bands=rgb (or names joined by '+', e.g. B04+B03+B02),
+band_rule=nearest, image_size=128, epochs=10,
 lr=(1e-3 probe, 1e-4 otherwise), batch_size=64, runlocal=True (a tiny ResNet
 on the embedded sample, a few steps, whatever dataset= says).
 """
@@ -104,7 +105,8 @@ def get_config(arg=None):
 
   c.init_from.torch_checkpoint = arg.weights
   c.init_from.workdir = arg.init
-  c.init_from.checkpoint_bands = arg.checkpoint_bands
+  # '+' separates names on the command line (',' separates variants).
+  c.init_from.checkpoint_bands = arg.checkpoint_bands.replace("+", ",")
   c.init_from.band_rule = arg.band_rule
 
   c.optim.name = "adamw"
