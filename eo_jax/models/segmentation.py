@@ -16,6 +16,13 @@ checked against the backbone's `dense_maps()` when the model is built, so
 a decoder the backbone cannot serve (ms_linear on a ViT of depth 2) fails
 before anything is traced, naming the decoder, the map and the backbone.
 
+Mixed precision: the decoder computes in the backbone's dtype
+(`config.model.backbone.dtype`, e.g. 'bfloat16'; float32 for a backbone
+without one) unless `decoder_settings.dtype` names another, e.g.
+dict(dtype='float32') for a float32 decoder on a bfloat16 backbone.
+Parameters stay float32 in both, normalisation statistics and the logits
+too (what runs in which dtype: eo_jax/models/decoders/base.py).
+
 `apply(variables, image, train=False, mask=None)` returns
 `(logits, features)`: logits (B, H, W, K) float32 at the image's size, and
 the backbone's features plus 'aux_logits' (B, H, W, K) when the decoder has
@@ -35,8 +42,8 @@ model is its backbone: no decoder, output the pooled vector.
 
 It meets the backbone contract (eo_jax/models/backbone.py): `layer_id` is
 the backbone's for 'backbone/...' paths and the top depth for the decoder,
-`num_layers` and `dense_maps` are the backbone's, and `adapt_param` hands
-'backbone/...' parameters to the backbone's.
+`num_layers` and `dense_maps` are the backbone's, and `adapt_param` and
+`input_kernels` hand 'backbone/...' parameters to the backbone's.
 """
 from __future__ import annotations
 
@@ -101,6 +108,13 @@ class SegmentationModel(nn.Module):
     """The backbone's top depth; the decoder trains at it."""
     return self.backbone.num_layers()
 
+  def input_kernels(self) -> tuple[str, ...] | None:
+    """The backbone's input kernels under 'backbone/'; None when the
+    backbone does not declare them."""
+    own = getattr(self.backbone, "input_kernels", None)
+    paths = own() if own is not None else None
+    return None if paths is None else tuple(f"backbone/{p}" for p in paths)
+
   def adapt_param(self, path: str, value: np.ndarray,
                   shape: tuple[int, ...]) -> np.ndarray:
     """A checkpoint value of another shape made to fit, by the backbone.
@@ -154,9 +168,35 @@ def decoder_fields(cls: type) -> list[str]:
   return [f.name for f in dataclasses.fields(cls) if f.name not in skip]
 
 
+def compute_dtype(value: Any, key: str) -> jnp.dtype:
+  """`value` (a name such as 'bfloat16', or a dtype) as a floating dtype.
+
+  Raises:
+    ConfigValueError: naming `key` when `value` is no floating dtype.
+  """
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError:
+    dtype = None
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    raise ConfigValueError(
+        f"{key}={value!r} is not a floating dtype; use 'float32' or "
+        "'bfloat16'.")
+  return dtype
+
+
 def build_decoder(name: str, num_classes: int,
-                  settings: Mapping[str, Any] | None = None) -> nn.Module:
-  """`DECODERS.get(name)(num_classes=..., **settings)` with clear errors."""
+                  settings: Mapping[str, Any] | None = None,
+                  dtype: Any = jnp.float32) -> nn.Module:
+  """`DECODERS.get(name)(num_classes=..., **settings)` with clear errors.
+
+  Args:
+    name: the decoder's registered name.
+    num_classes: K.
+    settings: the decoder's fields (`config.model.decoder_settings`).
+    dtype: the compute dtype when `settings` names none (the factory
+      passes the backbone's).
+  """
   try:
     cls = DECODERS.get(name)
   except ConfigError as e:
@@ -172,7 +212,15 @@ def build_decoder(name: str, num_classes: int,
   # tuples, as the modules' Sequence fields are written.
   settings = {k: tuple(v) if isinstance(v, list) else v
               for k, v in settings.items()}
-  return cls(num_classes=num_classes, **settings)
+  # None, in the settings or on a backbone, is the default: follow the
+  # backbone, compute in float32.
+  explicit = settings.pop("dtype", None)
+  if explicit is not None:
+    dtype = compute_dtype(explicit, "config.model.decoder_settings.dtype")
+  else:
+    dtype = compute_dtype(jnp.float32 if dtype is None else dtype,
+                          "config.model.backbone.dtype")
+  return cls(num_classes=num_classes, dtype=dtype, **settings)
 
 
 @MODELS.register("segmentation")
@@ -190,7 +238,8 @@ def segmentation(*, bands: Sequence[Band], num_classes: int,
       the nested `config.model.backbone`; a model config (with 'name') is
       built here too.
     decoder: a name registered in DECODERS.
-    decoder_settings: the decoder's own fields (e.g. dict(width=128)).
+    decoder_settings: the decoder's own fields (e.g. dict(width=128));
+      without 'dtype' the decoder computes in the backbone's dtype.
     freeze_backbone: inference-mode backbone without gradient.
   """
   where = "model 'segmentation'"
@@ -212,7 +261,8 @@ def segmentation(*, bands: Sequence[Band], num_classes: int,
   if num_classes < 0:
     raise ConfigValueError(
         f"{where} needs num_classes >= 1, got {num_classes}.")
-  module = build_decoder(decoder, num_classes, decoder_settings)
+  module = build_decoder(decoder, num_classes, decoder_settings,
+                         getattr(backbone, "dtype", jnp.float32))
   strides = dict(backbone.dense_maps())
   # Fails here, at build time, when the backbone lacks a map it needs.
   module.select_maps(strides, f"backbone {type(backbone).__name__} "

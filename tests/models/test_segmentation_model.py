@@ -1,7 +1,8 @@
 """Tests for eo_jax.models.segmentation and nested model configs in
 build_model: what the nested config builds, the params layout, the
-features, the backbone contract (layer ids, adapt_param), the headless
-model, and the errors that name the config key at fault.
+features, the decoder's compute dtype, the backbone contract (layer ids,
+adapt_param), the headless model, and the errors that name the config key
+at fault.
 
 Shapes only (`jax.eval_shape`) unless a value matters; the decoders' values
 and gradients are tested in test_decoders.py.
@@ -148,6 +149,28 @@ def test_summary_shows_backbone_and_decoder():
   assert rows[0].output_shape == (1, 32, 32, K)
 
 
+@pytest.mark.parametrize("backbone", [VIT, RESNET], ids=["vit", "resnet"])
+def test_the_decoder_computes_in_the_backbones_dtype_unless_set(backbone):
+  settings = dict(width=8, low_level_width=4, aux_width=4)
+  build = lambda bb, **extra: build_model(  # noqa: E731
+      _config(decoder="deeplabv3plus", backbone=bb,
+              decoder_settings={**settings, **extra}),
+      bands=BANDS, num_classes=K)
+  assert build(backbone).decoder.dtype == jnp.float32
+  bf16 = {**backbone, "dtype": "bfloat16"}
+  model = build(bf16)
+  assert model.decoder.dtype == jnp.bfloat16
+  # decoder_settings.dtype wins, either way; None follows the backbone.
+  assert build(bf16, dtype="float32").decoder.dtype == jnp.float32
+  assert build(backbone, dtype="bfloat16").decoder.dtype == jnp.bfloat16
+  assert build(bf16, dtype=None).decoder.dtype == jnp.bfloat16
+  # All bfloat16: every variable float32, and float32 logits.
+  variables, (logits, features) = _shapes(model)
+  assert {v.dtype for v in jax.tree.leaves(variables)} == {
+      jnp.dtype("float32")}
+  assert logits.dtype == features["aux_logits"].dtype == jnp.float32
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -176,6 +199,10 @@ def test_decoder_errors_name_the_decoder_and_its_settings():
                      r".*'segmenter'.*num_layers"):
     build_model(_config(decoder="segmenter", decoder_settings=dict(depth=3)),
                 bands=BANDS, num_classes=K)
+  with pytest.raises(ConfigValueError, match=r"decoder_settings\.dtype="
+                     r"'bfloat61' is not a floating dtype.*'bfloat16'"):
+    build_model(_config(decoder_settings=dict(dtype="bfloat61")), bands=BANDS,
+                num_classes=K)
   # A map the backbone lacks, at build time, naming the backbone.
   with pytest.raises(ConfigValueError, match=r"'deeplabv3plus' needs a "
                      r"low-level map.*backbone ResNet"):

@@ -25,15 +25,24 @@ will read ({role: map name}) or raises a `ConfigValueError` naming the
 decoder, what it is missing and the maps the backbone has; the segmentation
 model calls it when it is built, and the decoder again when it is called.
 
-Decoder computations run in float32 (parameters and activations): the
-decoders are small next to their backbones, and the logits must be float32.
+Mixed precision: every decoder has a compute `dtype` (float32 unless set;
+the 'segmentation' factory sets it from the backbone's, see
+eo_jax/models/segmentation.py). Its convolutions, dense layers and
+attention run in that dtype on parameters that stay float32 (Flax casts
+them at the call), and the maps it reads are cast to it. What rounding
+would spoil stays float32: BatchNorm and LayerNorm compute their
+statistics and normalise in float32 (Flax promotes them; only their output
+is cast to `dtype`), bilinear resizes interpolate in float32 (`resize`),
+and the logits are upsampled to the label's size in float32 and returned
+as float32 (`logits_at`). With the default float32 nothing is cast.
+
 BatchNorm follows PyTorch (momentum 0.1, i.e. Flax's 0.9; epsilon 1e-5) and
 uses the running statistics when `train` is False.
 """
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -44,6 +53,7 @@ from eo_jax.models import common
 from eo_jax.registry import Registry
 
 Array = jax.Array
+DType = Any
 
 DECODERS: Registry[type[nn.Module]] = Registry("decoder")
 
@@ -119,8 +129,10 @@ def missing_map(decoder: str, need: str, strides: Mapping[str, int],
                           f"offers {describe_maps(strides)}. {fix}")
 
 
-def read_map(decoder: str, features: Mapping[str, Array], name: str) -> Array:
-  """features[name] as float32, or an error saying which map is absent."""
+def read_map(decoder: str, features: Mapping[str, Array], name: str,
+             dtype: DType = jnp.float32) -> Array:
+  """features[name] in the compute `dtype`, or an error saying which map is
+  absent."""
   if name not in features:
     have = sorted(k for k, v in features.items() if getattr(v, "ndim", 0) == 4)
     raise InputShapeError(
@@ -131,7 +143,7 @@ def read_map(decoder: str, features: Mapping[str, Array], name: str) -> Array:
   if x.ndim != 4:
     raise InputShapeError(f"decoder {decoder!r} expects {name!r} to be "
                           f"(B, h, w, C), got shape {x.shape}.")
-  return x.astype(jnp.float32)
+  return x.astype(dtype)
 
 
 def resize(x: Array, hw: Sequence[int]) -> Array:
@@ -140,18 +152,35 @@ def resize(x: Array, hw: Sequence[int]) -> Array:
   Half-pixel centres without antialiasing: PyTorch's
   `interpolate(mode='bilinear', align_corners=False)`, which the reference
   decoders use, also when a map is made smaller.
+
+  Interpolates in float32 and returns `x`'s dtype: on a bfloat16 map
+  `jax.image.resize` would round its interpolation weights (fourteenths for
+  a x1.75 step) to 8 bits, so that they no longer sum to one, and round
+  again between its row and column passes.
   """
   hw = tuple(int(v) for v in hw)
   if tuple(x.shape[1:3]) == hw:
     return x
-  return jax.image.resize(x, (x.shape[0], *hw, x.shape[-1]), "bilinear",
-                          antialias=False)
+  y = jax.image.resize(x.astype(jnp.float32), (x.shape[0], *hw, x.shape[-1]),
+                       "bilinear", antialias=False)
+  return y.astype(x.dtype)
 
 
-def classifier(num_classes: int, name: str = "classifier") -> nn.Dense:
-  """The per-pixel 1x1 classifier, N(0, 0.01) init like mmsegmentation's."""
-  return nn.Dense(num_classes, kernel_init=nn.initializers.normal(0.01),
-                  name=name)
+def logits_at(logits: Array, hw: Sequence[int]) -> Array:
+  """Logits (B, h, w, K) as float32 upsampled to `hw`: the decoders' output.
+
+  Cast before resizing, so that interpolated logits are not rounded to the
+  compute dtype a second time.
+  """
+  return resize(logits.astype(jnp.float32), hw)
+
+
+def classifier(num_classes: int, name: str = "classifier",
+               dtype: DType = jnp.float32) -> nn.Dense:
+  """The per-pixel 1x1 classifier, N(0, 0.01) init like mmsegmentation's,
+  computing in `dtype` (float32 parameters)."""
+  return nn.Dense(num_classes, dtype=dtype,
+                  kernel_init=nn.initializers.normal(0.01), name=name)
 
 
 class ConvNormReLU(nn.Module):
@@ -161,16 +190,19 @@ class ConvNormReLU(nn.Module):
     features: output channels.
     kernel: kernel side (1 or 3).
     dilation: kernel dilation; zero padding keeps the map's size.
+    dtype: compute dtype of the conv and of the output (BatchNorm's
+      statistics are float32 whatever it is).
   """
   features: int
   kernel: int = 3
   dilation: int = 1
+  dtype: DType = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     x = common.conv(self.features, self.kernel, dilation=self.dilation,
-                    dtype=jnp.float32, name="conv")(x)
-    x = common.batch_norm(train, jnp.float32, name="norm")(x)
+                    dtype=self.dtype, name="conv")(x)
+    x = common.batch_norm(train, self.dtype, name="norm")(x)
     return nn.relu(x)
 
 
@@ -182,8 +214,11 @@ class Decoder(nn.Module):
 
   Attributes:
     num_classes: K, the logits per pixel.
+    dtype: compute dtype (e.g. jnp.bfloat16; module docstring); parameters
+      and logits stay float32.
   """
   num_classes: int
+  dtype: DType = jnp.float32
 
   kind = ""
   # What the default `_select` says the decoder needs when a backbone lacks it.

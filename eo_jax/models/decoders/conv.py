@@ -16,7 +16,8 @@ import flax.linen as nn
 import jax
 
 from eo_jax.models.decoders.base import (DECODERS, ConvNormReLU, Decoder,
-                                         classifier, read_map, resize)
+                                         classifier, logits_at, read_map,
+                                         resize)
 
 Array = jax.Array
 
@@ -44,13 +45,15 @@ class ConvDecoder(Decoder):
                image_hw: Sequence[int], train: bool = False
                ) -> tuple[Array, dict[str, Array]]:
     name = self._select(dict(strides), "the backbone")["input"]
-    x = read_map(self.kind, features, name)
+    x = read_map(self.kind, features, name, self.dtype)
     steps = upsampling_steps(int(strides[name]))
     for i in range(steps):
-      x = ConvNormReLU(self.width, 3, name=f"up_{i}")(x, train)
+      x = ConvNormReLU(self.width, 3, dtype=self.dtype, name=f"up_{i}")(
+          x, train)
       last = i == steps - 1
       x = resize(x, image_hw if last else (2 * x.shape[1], 2 * x.shape[2]))
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
+    logits = classifier(self.num_classes, dtype=self.dtype)(x)
     # A stride-1 map skips the steps; the resize is then a no-op or mends a
     # border an unpadded backbone lost.
-    return resize(classifier(self.num_classes)(x), image_hw), {}
+    return logits_at(logits, image_hw), {}

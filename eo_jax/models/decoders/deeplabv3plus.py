@@ -43,6 +43,7 @@ rates such as (1, 2, 3).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Mapping, Sequence
 
@@ -53,9 +54,9 @@ from absl import logging
 
 from eo_jax.errors import ConfigValueError
 from eo_jax.models.decoders.base import (DECODERS, ConvNormReLU, Decoder,
-                                         block_grids, classifier, deepest_map,
-                                         missing_map, pyramid, read_map,
-                                         resize)
+                                         DType, block_grids, classifier,
+                                         deepest_map, logits_at, missing_map,
+                                         pyramid, read_map, resize)
 
 Array = jax.Array
 
@@ -122,42 +123,49 @@ class ASPP(nn.Module):
     width: channels of every branch and of the output.
     rates: dilations of the 3x3 branches, in map cells.
     dropout: dropout after the projection.
+    dtype: compute dtype of the convs and of the output.
   """
   width: int = 256
   rates: Sequence[int] = BASE_RATES
   dropout: float = 0.1
+  dtype: DType = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     b, h, w, _ = x.shape
-    branches = [ConvNormReLU(self.width, 1, name="branch_1x1")(x, train)]
+    conv_bn_relu = functools.partial(ConvNormReLU, self.width,
+                                     dtype=self.dtype)
+    branches = [conv_bn_relu(1, name="branch_1x1")(x, train)]
     for i, rate in enumerate(self.rates):
       if rate >= max(h, w):
         logging.warning(
             "ASPP rate %d on a %dx%d map: the branch sees only its centre "
             "tap (a 1x1 conv); set smaller decoder_settings.aspp_rates for "
             "maps this small.", rate, h, w)
-      branches.append(ConvNormReLU(self.width, 3, int(rate),
-                                   name=f"atrous_{i}")(x, train))
-    pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
-    pooled = ConvNormReLU(self.width, 1, name="pooling")(pooled, train)
+      branches.append(conv_bn_relu(3, int(rate), name=f"atrous_{i}")(
+          x, train))
+    # The spatial mean sums h * w values: in float32, not the compute dtype.
+    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True)
+    pooled = conv_bn_relu(1, name="pooling")(pooled.astype(x.dtype), train)
     branches.append(jnp.broadcast_to(pooled, (b, h, w, self.width)))
-    y = ConvNormReLU(self.width, 1, name="project")(
-        jnp.concatenate(branches, axis=-1), train)
+    y = conv_bn_relu(1, name="project")(jnp.concatenate(branches, axis=-1),
+                                        train)
     return nn.Dropout(self.dropout)(y, deterministic=not train)
 
 
 class FCNHead(nn.Module):
-  """3x3 conv-BN-ReLU, dropout, 1x1 classifier (the auxiliary head)."""
+  """3x3 conv-BN-ReLU, dropout, 1x1 classifier (the auxiliary head), in
+  the compute `dtype`."""
   num_classes: int
   width: int = 256
   dropout: float = 0.1
+  dtype: DType = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    x = ConvNormReLU(self.width, 3, name="conv")(x, train)
+    x = ConvNormReLU(self.width, 3, dtype=self.dtype, name="conv")(x, train)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
-    return classifier(self.num_classes)(x)
+    return classifier(self.num_classes, dtype=self.dtype)(x)
 
 
 @DECODERS.register("deeplabv3plus")
@@ -224,20 +232,21 @@ class DeepLabV3PlusDecoder(Decoder):
                image_hw: Sequence[int], train: bool = False
                ) -> tuple[Array, dict[str, Array]]:
     maps = self._select(dict(strides), "the backbone")
-    deep = read_map(self.kind, features, maps["deep"])
+    dtype = self.dtype
+    deep = read_map(self.kind, features, maps["deep"], dtype)
     rates = resolve_rates(self.aspp_rates, int(strides[maps["deep"]]))
-    x = ASPP(self.width, rates, self.dropout, name="aspp")(deep, train)
-    low = read_map(self.kind, features, maps["low_level"])
-    low = ConvNormReLU(self.low_level_width, 1, name="low_level_proj")(
-        low, train)
+    x = ASPP(self.width, rates, self.dropout, dtype, name="aspp")(deep, train)
+    low = read_map(self.kind, features, maps["low_level"], dtype)
+    low = ConvNormReLU(self.low_level_width, 1, dtype=dtype,
+                       name="low_level_proj")(low, train)
     x = jnp.concatenate([resize(x, low.shape[1:3]), low], axis=-1)
-    x = ConvNormReLU(self.width, 3, name="fuse_0")(x, train)
-    x = ConvNormReLU(self.width, 3, name="fuse_1")(x, train)
-    logits = resize(classifier(self.num_classes)(x), image_hw)
+    x = ConvNormReLU(self.width, 3, dtype=dtype, name="fuse_0")(x, train)
+    x = ConvNormReLU(self.width, 3, dtype=dtype, name="fuse_1")(x, train)
+    logits = logits_at(classifier(self.num_classes, dtype=dtype)(x), image_hw)
     aux = {}
     if self.aux_head:
-      mid = read_map(self.kind, features, maps["aux"])
+      mid = read_map(self.kind, features, maps["aux"], dtype)
       aux_logits = FCNHead(self.num_classes, self.aux_width, self.aux_dropout,
-                           name="aux_head")(mid, train)
-      aux["aux_logits"] = resize(aux_logits, image_hw)
+                           dtype, name="aux_head")(mid, train)
+      aux["aux_logits"] = logits_at(aux_logits, image_hw)
     return logits, aux

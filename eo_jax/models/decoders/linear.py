@@ -16,22 +16,23 @@ import jax
 import jax.numpy as jnp
 
 from eo_jax.models import common
-from eo_jax.models.decoders.base import (DECODERS, Decoder, classifier,
-                                         read_map, resize)
+from eo_jax.models.decoders.base import (DECODERS, Decoder, DType,
+                                         classifier, logits_at, read_map)
 
 Array = jax.Array
 
 
-def norm_linear(x: Array, num_classes: int, dropout: float,
-                train: bool) -> Array:
+def norm_linear(x: Array, num_classes: int, dropout: float, train: bool,
+                dtype: DType = jnp.float32) -> Array:
   """BatchNorm, dropout, 1x1 classifier: the head of 'linear' and 'ms_linear'.
 
   Called inside a decoder's compact `__call__`, so the submodules it makes
-  ('norm', 'classifier') belong to that decoder.
+  ('norm', 'classifier') belong to that decoder. The classifier computes in
+  `dtype`; the BatchNorm's statistics are float32 whatever it is.
   """
-  x = common.batch_norm(train, jnp.float32, name="norm")(x)
+  x = common.batch_norm(train, dtype, name="norm")(x)
   x = nn.Dropout(dropout)(x, deterministic=not train)
-  return classifier(num_classes)(x)
+  return classifier(num_classes, dtype=dtype)(x)
 
 
 @DECODERS.register("linear")
@@ -50,6 +51,6 @@ class LinearDecoder(Decoder):
                image_hw: Sequence[int], train: bool = False
                ) -> tuple[Array, dict[str, Array]]:
     maps = self._select(dict(strides), "the backbone")
-    x = read_map(self.kind, features, maps["input"])
-    logits = norm_linear(x, self.num_classes, self.dropout, train)
-    return resize(logits, image_hw), {}
+    x = read_map(self.kind, features, maps["input"], self.dtype)
+    logits = norm_linear(x, self.num_classes, self.dropout, train, self.dtype)
+    return logits_at(logits, image_hw), {}

@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from eo_jax.models.decoders.base import (DECODERS, Decoder, block_grids,
-                                         missing_map, pyramid, read_map,
-                                         resize)
+                                         logits_at, missing_map, pyramid,
+                                         read_map, resize)
 from eo_jax.models.decoders.linear import norm_linear
 
 Array = jax.Array
@@ -69,15 +69,15 @@ class MultiScaleLinearDecoder(Decoder):
                ) -> tuple[Array, dict[str, Array]]:
     maps = self._select(dict(strides), "the backbone")
     names = list(maps.values())
-    xs = [read_map(self.kind, features, name) for name in names]
+    xs = [read_map(self.kind, features, name, self.dtype) for name in names]
     if block_grids(strides):
       # One norm per position (not per block index), so the parameter
       # names do not depend on the backbone's depth.
-      xs = [nn.LayerNorm(_LN_EPS, name=f"layer_norm_{i}")(x)
+      xs = [nn.LayerNorm(_LN_EPS, dtype=self.dtype, name=f"layer_norm_{i}")(x)
             for i, x in enumerate(xs)]
     else:
       finest = max(x.shape[1] for x in xs), max(x.shape[2] for x in xs)
       xs = [resize(x, finest) for x in xs]
     x = jnp.concatenate(xs, axis=-1)
-    logits = norm_linear(x, self.num_classes, self.dropout, train)
-    return resize(logits, image_hw), {}
+    logits = norm_linear(x, self.num_classes, self.dropout, train, self.dtype)
+    return logits_at(logits, image_hw), {}

@@ -19,6 +19,13 @@ MLP 4 D, dropout 0.1, 2 layers. The normalised patch and class embeddings
 and the masks before `mask_norm` are sown into the 'intermediates'
 collection ('patch_embeddings' (B, N, D), 'class_embeddings' (B, K, D),
 'masks' (B, N, K)) for inspection: apply with `mutable=['intermediates']`.
+
+In a bfloat16 `dtype` the projections of steps 1 and 4 and the blocks
+compute in bfloat16; the L2 normalisation, the cosines and `mask_norm` in
+float32. `mask_norm` divides the K cosines of a patch by their spread,
+which is small where classes nearly tie (at initialisation, when the class
+embeddings start close together), so it magnifies whatever rounding the
+cosines carry: bfloat16 cosines would add their own.
 """
 from __future__ import annotations
 
@@ -30,8 +37,8 @@ import jax.numpy as jnp
 
 from eo_jax.models import common
 from eo_jax.models import vit as vit_lib
-from eo_jax.models.decoders.base import (DECODERS, Decoder, read_map,
-                                         resize)
+from eo_jax.models.decoders.base import (DECODERS, Decoder, logits_at,
+                                         read_map)
 
 Array = jax.Array
 
@@ -85,27 +92,32 @@ class SegmenterDecoder(Decoder):
                image_hw: Sequence[int], train: bool = False
                ) -> tuple[Array, dict[str, Array]]:
     name = self._select(dict(strides), "the backbone")["input"]
-    grid = read_map(self.kind, features, name)
+    dtype = self.dtype
+    grid = read_map(self.kind, features, name, dtype)
     b, gh, gw, c = grid.shape
     d = self.width or c
     k = self.num_classes
     heads = self.num_heads or default_heads(d)
     dense = lambda n, name: nn.Dense(  # noqa: E731
-        n, kernel_init=nn.initializers.truncated_normal(0.02), name=name)
+        n, dtype=dtype, kernel_init=nn.initializers.truncated_normal(0.02),
+        name=name)
 
     x = dense(d, "proj_dec")(grid.reshape(b, gh * gw, c))
     classes = self.param("cls_emb", nn.initializers.truncated_normal(0.02),
-                         (1, k, d))
+                         (1, k, d)).astype(dtype)
     x = jnp.concatenate([x, jnp.broadcast_to(classes, (b, k, d))], axis=1)
     for i in range(self.num_layers):
       x, _ = vit_lib.Block(heads, self.mlp_dim or 4 * d, dropout=self.dropout,
-                           name=f"block_{i}")(x, train)
-    x = nn.LayerNorm(_LN_EPS, name="decoder_norm")(x)
+                           dtype=dtype, name=f"block_{i}")(x, train)
+    x = nn.LayerNorm(_LN_EPS, dtype=dtype, name="decoder_norm")(x)
 
     # Segmenter draws both projections as randn * D^-0.5.
     init = nn.initializers.normal(d ** -0.5)
-    patches = x[:, :-k] @ self.param("proj_patch", init, (d, d))
-    classes = x[:, -k:] @ self.param("proj_classes", init, (d, d))
+    patches = x[:, :-k] @ self.param("proj_patch", init, (d, d)).astype(dtype)
+    classes = x[:, -k:] @ self.param("proj_classes", init, (d, d)).astype(dtype)
+    # From here on float32 (module docstring).
+    patches = patches.astype(jnp.float32)
+    classes = classes.astype(jnp.float32)
     patches = common.l2_normalize(patches, eps=_NORM_EPS)
     classes = common.l2_normalize(classes, eps=_NORM_EPS)
     masks = class_masks(patches, classes)
@@ -113,4 +125,4 @@ class SegmenterDecoder(Decoder):
     self.sow("intermediates", "class_embeddings", classes)
     self.sow("intermediates", "masks", masks)
     masks = nn.LayerNorm(_LN_EPS, name="mask_norm")(masks)
-    return resize(masks.reshape(b, gh, gw, k), image_hw), {}
+    return logits_at(masks.reshape(b, gh, gw, k), image_hw), {}
