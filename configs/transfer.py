@@ -28,6 +28,7 @@ where to download it and the layout it expects):
   eurosat_ms      EuroSAT 13-band GeoTIFFs, the same split
   tiny_imagenet   Tiny ImageNet (64 px, 200 classes), 10% of train as val
   cifar10         CIFAR-10 binary release (32 px), 10% of train as val
+  cifar10_tfds    the same from prepared TFDS data (path= the TFDS data_dir)
   eolearn_sample  the embedded eo-learn Sentinel-2 sample (no download)
 Images are resized to `image_size` (default 128 px, as in the seed study's
 EuroSAT runs; 0 keeps the native size).
@@ -58,6 +59,7 @@ DATASETS = {
                        split_fractions=(0.6, 0.2, 0.2), split_seed=0),
     "tiny_imagenet": dict(name="tiny_imagenet", val_fraction=0.1),
     "cifar10": dict(name="cifar10", val_fraction=0.1),
+    "cifar10_tfds": dict(name="cifar10", source="tfds", val_fraction=0.1),
     "eolearn_sample": dict(name="eolearn_sample"),
 }
 _NUM_STAGES = 4

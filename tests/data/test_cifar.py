@@ -1,9 +1,12 @@
-"""CIFAR-10 (binary release) and CIFAR-10-C, read from fixtures written in
-their published layouts."""
+"""CIFAR-10 (binary release or prepared TFDS data) and CIFAR-10-C, read from
+fixtures written in their published layouts."""
+import io
 import pickle
+import types
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cifar_fixtures import (CLASSES, image, pixel, write_cifar10,
                             write_cifar10_archive, write_cifar10_c)
@@ -107,6 +110,98 @@ def test_cifar10_errors_name_the_fix(batches, tmp_path):
   (tmp_path / "data" / "cifar-10-batches-bin" / "batches.meta.txt").unlink()
   with pytest.raises(MissingDataError, match="batches.meta.txt"):
     DATASETS.get("cifar10")(path=str(batches))
+
+
+# ------------------------------------------------------------------- TFDS
+def _prepare_tfds(batches, data_dir, drop_ids=False):
+  """Prepares TFDS's own cifar10 builder from the binary fixture `batches`
+  (instead of a download) as ArrayRecord in `data_dir`: TFDS reads the label
+  names, the records and their ids itself, and writes its real feature spec."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from tensorflow_datasets.image_classification import cifar as tfds_cifar
+
+  class Downloads:
+    def download_and_extract(self, url):
+      del url
+      return batches.rsplit("/", 1)[0]  # holds cifar-10-batches-bin/
+
+  class FixtureCifar10(tfds_cifar.Cifar10, skip_registration=True):
+    name = "cifar10"
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return super()._split_generators(Downloads())
+
+    def _generate_examples(self, split_prefix, filepaths):
+      for key, record in super()._generate_examples(split_prefix, filepaths):
+        # PNG bytes: encoding an array would import TensorFlow (seconds).
+        png = io.BytesIO()
+        Image.fromarray(record["image"]).save(png, format="PNG")
+        record = {**record, "image": png.getvalue()}
+        yield key, ({**record, "id": "x"} if drop_ids else record)
+
+  # TFDS's binary reader opens files with tf.io.gfile; plain open reads the
+  # same bytes without importing TensorFlow.
+  gfile = types.SimpleNamespace(GFile=open)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(tfds_cifar, "tf", types.SimpleNamespace(
+        io=types.SimpleNamespace(gfile=gfile)))
+    FixtureCifar10(data_dir=str(data_dir),
+                   file_format="array_record").download_and_prepare()
+  return str(data_dir), tfds
+
+
+def _same_examples(a, b):
+  assert len(a) == len(b)
+  for i in range(len(a)):
+    assert a[i]["image"].dtype == b[i]["image"].dtype == np.float32
+    np.testing.assert_array_equal(a[i]["image"], b[i]["image"])
+    assert a[i]["label"].dtype == b[i]["label"].dtype == np.int32
+    assert a[i]["label"] == b[i]["label"]
+
+
+def test_tfds_source_gives_the_binary_release_example_for_example(batches, tmp_path):
+  data_dir, tfds = _prepare_tfds(batches, tmp_path / "tfds")
+  # TFDS stores the records shuffled: the reader must restore the order.
+  raw = tfds.data_source("cifar10", split="train", data_dir=data_dir)
+  raw_ids = [raw[i]["id"].decode() for i in range(len(raw))]
+  assert sorted(raw_ids) == [f"train_{r:05d}" for r in range(20)] != raw_ids
+
+  files = DATASETS.get("cifar10")(path=batches, val_fraction=0.5, split_seed=1)
+  from_tfds = DATASETS.get("cifar10")(path=data_dir, source="tfds",
+                                      val_fraction=0.5, split_seed=1)
+  assert from_tfds.info == files.info and from_tfds.info.class_names == SHUFFLED
+  assert list(from_tfds.splits) == list(files.splits)
+  for split in ("train", "val", "test"):
+    _same_examples(from_tfds.split(split), files.split(split))
+    np.testing.assert_array_equal(from_tfds.split(split).labels,
+                                  files.split(split).labels)
+  test = from_tfds.split("test")
+  assert [record_id(test[i]) for i in range(6)] == list(range(1000, 1006))
+  np.testing.assert_array_equal(test[4]["image"], image(1004))
+  assert "TFDS cifar10 test split" in test.describe(2)
+  # Grain workers get pickled sources.
+  copy = pickle.loads(pickle.dumps(from_tfds.split("val")))
+  _same_examples(copy, files.split("val"))
+  # The same band statistics through the config path (which reads every example).
+  built = build_dataset(dict(name="cifar10", source="tfds", path=data_dir,
+                             val_fraction=0.5, split_seed=1))
+  reference = build_dataset(dict(name="cifar10", path=batches, val_fraction=0.5,
+                                 split_seed=1))
+  assert built.info.bands == reference.info.bands
+
+
+def test_tfds_errors_name_the_fix(batches, tmp_path):
+  with pytest.raises(MissingDataError) as e:
+    DATASETS.get("cifar10")(path=str(tmp_path / "empty"), source="tfds")
+  for part in ("'cifar10'", "kriz/cifar-10-binary.tar.gz", "config.data.path",
+               "array_record"):
+    assert part in str(e.value)
+  with pytest.raises(errors.ConfigValueError, match=r"\['files', 'tfds'\].*'hf'"):
+    DATASETS.get("cifar10")(path=batches, source="hf")
+  data_dir, _ = _prepare_tfds(batches, tmp_path / "no_ids", drop_ids=True)
+  with pytest.raises(DataError, match="train_00000.*source='files'"):
+    DATASETS.get("cifar10")(path=data_dir, source="tfds")
 
 
 # ------------------------------------------------------------- CIFAR-10-C

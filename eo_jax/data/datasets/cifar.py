@@ -17,6 +17,14 @@ line, in label order.
            (deterministic, stratified; absent when `val_fraction` is 0);
   'test':  test_batch.bin.
 
+With source='tfds', `path` is instead a TFDS data_dir holding TFDS's
+'cifar10' prepared as ArrayRecord (read random-access through
+tfds_source.py; never downloaded). TFDS stores the records shuffled, but its
+'id' feature ('train_00042') keeps each record's place in the binary
+release, so the examples are put back in that order: the 'val' rule, the
+example order, class names, bands and pixels are then those of the binary
+release, and a run does not depend on the source.
+
 'cifar10_c' reads one corruption at one severity of CIFAR-10-C as published
 on Zenodo (CIFAR-10-C.tar, extracted; `path` is the `CIFAR-10-C/` folder or
 the folder holding it): `<corruption>.npy` holds (50000, 32, 32, 3) uint8,
@@ -41,6 +49,7 @@ import numpy as np
 
 from eo_jax import errors
 from eo_jax.data import bands as bands_lib
+from eo_jax.data.datasets import tfds_source
 from eo_jax.data.datasets.base import (CLASSIFICATION, DATASETS, DataError,
                                        Dataset, DatasetInfo, LabelledImageFiles,
                                        missing_data, stratified_split)
@@ -67,6 +76,9 @@ META_FILE = "batches.meta.txt"
 # 0.26159).
 TRAIN_MEAN = (125.3069, 122.9504, 113.8654)
 TRAIN_STD = (62.9932, 62.0887, 66.7049)
+SOURCES = ("files", "tfds")
+TFDS_NAME = "cifar10"
+_TFDS_URL = f"{CIFAR10_URL} via tfds.builder({TFDS_NAME!r}).download_and_prepare()"
 _FOLDER = "cifar-10-batches-bin"
 _ARCHIVE = "cifar-10-binary.tar.gz"
 _C_FOLDER = "CIFAR-10-C"
@@ -83,7 +95,10 @@ def _rgb_bands() -> tuple[bands_lib.Band, ...]:
 
 def decode_record(record: np.ndarray) -> np.ndarray:
   """(32, 32, 3) uint8 image of one 3073-byte record (label byte first)."""
-  return np.asarray(record[1:]).reshape(3, 32, 32).transpose(1, 2, 0)
+  planes = np.asarray(record[1:]).reshape(3, 32, 32)
+  # Row-major like every other reader's images: sums over pixels (the band
+  # statistics) then add in the same order whatever the source.
+  return np.ascontiguousarray(planes.transpose(1, 2, 0))
 
 
 class _Records:
@@ -241,24 +256,79 @@ def _source(files: Sequence[_Records], name: str) -> CifarRecords:
   return CifarRecords(files, np.concatenate(rows), np.concatenate(labels), name)
 
 
+def _id_number(value: object, prefix: str) -> int:
+  """The record number of a TFDS cifar10 id ('train_00042' -> 42), else -1."""
+  text = (value.decode("utf-8", "replace") if isinstance(value, bytes)
+          else str(value))
+  digits = text[len(prefix):]
+  return int(digits) if text.startswith(prefix) and digits.isdigit() else -1
+
+
+def _tfds_split(path: str | None, split: str
+                ) -> tuple[tfds_source.TfdsSource, tuple[str, ...]]:
+  """One split of TFDS cifar10 in the binary release's record order, and its
+  class names."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  full = tfds_source.open_data_source(TFDS_NAME, split, path, url=_TFDS_URL)
+  # Ids and labels only: skipping the PNG decode makes this pass cheap.
+  lite = tfds_source.open_data_source(
+      TFDS_NAME, split, path, url=_TFDS_URL,
+      decoders={"image": tfds.decode.SkipDecoding()})
+  n = len(lite)
+  ids, labels = np.full(n, -1, np.int64), np.empty(n, np.int32)
+  many = getattr(lite, "__getitems__", None)
+  for start in range(0, n, 1024):
+    idx = list(range(start, min(n, start + 1024)))
+    for i, record in zip(idx, many(idx) if many else [lite[i] for i in idx]):
+      ids[i] = _id_number(record.get("id", b""), f"{split}_")
+      labels[i] = int(record["label"])
+  where = path or "the default TFDS data_dir"
+  if not np.array_equal(np.sort(ids), np.arange(n)):
+    raise DataError(
+        f"TFDS {TFDS_NAME} split {split!r} in {where} lacks the ids "
+        f"'{split}_00000'.. that TFDS's cifar10 builder writes, which give "
+        "the binary release's order (the 'val' split and the example order "
+        f"depend on it). Prepare it again with tfds.builder({TFDS_NAME!r}, "
+        "data_dir=...).download_and_prepare(file_format='array_record'), or "
+        "use source='files'.")
+  names = _class_names("\n".join(tfds_source.label_names(full)),
+                       f"TFDS {TFDS_NAME} in {where}")
+  # order[k] is the TFDS record holding the binary release's record k.
+  order = np.argsort(ids)
+  source = tfds_source.TfdsSource(full, "image", indices=order,
+                                  name=f"{TFDS_NAME} {split} split",
+                                  labels=labels)
+  return source, names
+
+
 @DATASETS.register("cifar10")
-def cifar10(path: str | None = None, val_fraction: float = 0.1,
-            split_seed: int = 0) -> Dataset:
-  """Builds CIFAR-10 from its binary release (see the module docstring).
+def cifar10(path: str | None = None, source: str = "files",
+            val_fraction: float = 0.1, split_seed: int = 0) -> Dataset:
+  """Builds CIFAR-10 from its binary release or from prepared TFDS data (see
+  the module docstring).
 
   Args:
     path: cifar-10-binary.tar.gz, its extracted cifar-10-batches-bin/ folder,
-      or the folder holding either.
+      or the folder holding either; for source='tfds' a TFDS data_dir.
+    source: 'files' (the binary release) or 'tfds' (TFDS's 'cifar10').
     val_fraction: share of each class of the training batches held out as
       'val' (0 -> no 'val' split).
     split_seed: seed of the per-class shuffle that picks them.
   """
+  if source not in SOURCES:
+    raise errors.ConfigValueError(
+        f"config.data.source must be one of {list(SOURCES)}, got {source!r}.")
   if not 0.0 <= val_fraction < 1.0:
     raise errors.ConfigValueError(
         f"config.data.val_fraction must be in [0, 1), got {val_fraction}.")
-  files, class_names = _open(path)
-  train = _source([files[n] for n in TRAIN_FILES], "train")
-  splits = {"test": _source([files[TEST_FILE]], "test")}
+  if source == "files":
+    files, class_names = _open(path)
+    train = _source([files[n] for n in TRAIN_FILES], "train")
+    test = _source([files[TEST_FILE]], "test")
+  else:
+    train, class_names = _tfds_split(path, "train")
+    test, _ = _tfds_split(path, "test")
+  splits = {"test": test}
   if val_fraction > 0:
     train_idx, val_idx = stratified_split(
         train.labels, (1.0 - val_fraction, val_fraction), split_seed)
