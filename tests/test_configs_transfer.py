@@ -32,7 +32,8 @@ def start(tmp_path_factory):
 @pytest.mark.parametrize("stage, trained", [
     ("probe", ("head/",)),
     ("partial", ("head/", "stage_4_")),
-    ("full", ("head/", "stage_", "stem_"))])
+    pytest.param("full", ("head/", "stage_", "stem_"),
+                 marks=pytest.mark.slow)])  # the suite's time budget
 def test_each_stage_trains_exactly_its_parts(stage, trained, start, tmp_path):
   config = _config(f"runlocal=True,stage={stage}")
   results = trainer.train_and_evaluate(config, str(tmp_path))

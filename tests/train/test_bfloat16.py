@@ -16,16 +16,29 @@ import eo_jax
 from eo_jax import config as config_lib
 from eo_jax.train import trainer
 
-# (config file, where its backbone's dtype lives)
+_SLOW = pytest.mark.slow  # kept out of CI: the suite's time budget
+# (config file, where its backbone's dtype lives); one per objective runs in
+# CI, the other backbones with `-m slow`.
 CASES = [
-    ("quickstart", "model.dtype"),            # supervised ResNet
-    ("bagnet", "model.dtype"),                # supervised BagNet
-    ("vit_eolearn", "model.dtype"),           # supervised ViT
-    ("seg_eolearn", "model.backbone.dtype"),  # segmentation, ResNet + decoder
-    ("mae_s2", "model.dtype"),                # MAE, ViT encoder and decoder
-    ("mae_spectral", "model.dtype"),          # MAE, spatial-spectral ViT
-    ("dino_whu", "model.dtype"),              # DINOv2, ViT
-    ("dino_spectral", "model.dtype"),         # DINOv2, spatial-spectral ViT
+    pytest.param("quickstart", "model.dtype", id="quickstart"),    # supervised ResNet
+    pytest.param("bagnet", "model.dtype", id="bagnet", marks=_SLOW),  # supervised BagNet
+    pytest.param("vit_eolearn", "model.dtype", id="vit_eolearn",
+                 marks=_SLOW),                                      # supervised ViT
+    pytest.param("seg_eolearn", "model.backbone.dtype",
+                 id="seg_eolearn"),                                 # ResNet + decoder
+    pytest.param("mae_s2", "model.dtype", id="mae_s2"),            # MAE, ViT
+    pytest.param("mae_spectral", "model.dtype", id="mae_spectral",
+                 marks=_SLOW),                                      # MAE, spatial-spectral ViT
+    pytest.param("dino_whu", "model.dtype", id="dino_whu"),        # DINOv2, ViT
+    pytest.param("dino_spectral", "model.dtype", id="dino_spectral",
+                 marks=_SLOW),                                      # DINOv2, spatial-spectral
+]
+RUNS = [
+    pytest.param("quickstart", "model.dtype", id="supervised"),
+    pytest.param("seg_eolearn", "model.backbone.dtype", id="segmentation",
+                 marks=_SLOW),
+    pytest.param("mae_s2", "model.dtype", id="mae", marks=_SLOW),
+    pytest.param("dino_whu", "model.dtype", id="dino"),
 ]
 
 
@@ -74,7 +87,7 @@ def _loss(run, batch):
                             jax.random.key(3))
 
 
-@pytest.mark.parametrize("name, key", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name, key", CASES)
 def test_bfloat16_loss_is_bf16_compute_with_a_float32_result(name, key):
   runs = {d: eo_jax.build_run(_config(name, key, d))
           for d in ("float32", "bfloat16")}
@@ -108,8 +121,7 @@ def test_bfloat16_loss_is_bf16_compute_with_a_float32_result(name, key):
   assert got != want  # the bf16 path really rounded
 
 
-@pytest.mark.parametrize("name, key", [CASES[0], CASES[3], CASES[4], CASES[6]],
-                         ids=["supervised", "segmentation", "mae", "dino"])
+@pytest.mark.parametrize("name, key", RUNS)
 def test_a_short_bfloat16_run_stays_finite_with_float32_state(name, key, tmp_path):
   config = _config(name, key, "bfloat16", steps=3)
   results = trainer.train_and_evaluate(config, str(tmp_path))
