@@ -24,10 +24,12 @@ hits them alike. Reported: images/s as the median and the best over rounds,
 and the ratio jax/torch (> 1: JAX is faster).
 
 eo_jax's layers route around slow XLA CPU kernels: `layers.Conv` computes
-maps <= 4x4 as im2col and, on larger maps, the kernel gradient as matmuls;
+maps <= 4x4 as im2col and, on larger maps, the kernel gradient as matmuls
+(im2col chunks for kxk kernels on <= 128 channels, else one per tap);
 `layers.MaxPool` has its own gradient. `--no_im2col`,
-`--no_matmul_kernel_grad` and `--no_max_pool_views_grad` switch these off
-in the measured model; `--baseline X` times a second eo_jax model with X
+`--no_matmul_kernel_grad`, `--no_im2col_kernel_grad` (per-tap kernel
+gradients everywhere) and `--no_max_pool_views_grad` switch these off in the
+measured model; `--baseline X` times a second eo_jax model with X
 switched off, interleaved with the first, for a before/after ratio ('plain':
 all off, every conv `nn.Conv` and the pool `nn.max_pool`).
 """
@@ -64,6 +66,7 @@ BASELINES = {
     "no_im2col": dict(im2col_max_size=0),
     "no_matmul_kernel_grad": dict(matmul_kernel_grad=False),
     "no_max_pool_views_grad": dict(max_pool_views_grad=False),
+    "no_im2col_kernel_grad": dict(im2col_kernel_grad_max_channels=0),
     "plain": dict(im2col_max_size=0, matmul_kernel_grad=False,
                   max_pool_views_grad=False),
 }
@@ -273,6 +276,9 @@ def main() -> None:
                       help="layers.Conv keeps XLA's kernel gradient")
   parser.add_argument("--no_max_pool_views_grad", action="store_true",
                       help="layers.MaxPool keeps XLA's gradient")
+  parser.add_argument("--no_im2col_kernel_grad", action="store_true",
+                      help="layers.Conv kernel gradients one matmul per tap "
+                      "(no im2col chunks)")
   parser.add_argument("--baseline", default="none", choices=sorted(BASELINES),
                       help="also time the eo_jax model with these layer "
                       "formulations switched off, interleaved; 'plain' is "
@@ -294,6 +300,8 @@ def main() -> None:
     overrides.update(BASELINES["no_matmul_kernel_grad"])
   if args.no_max_pool_views_grad:
     overrides.update(BASELINES["no_max_pool_views_grad"])
+  if args.no_im2col_kernel_grad:
+    overrides.update(BASELINES["no_im2col_kernel_grad"])
   print(f"model {args.model}, input {batch}x{args.image_size}x"
         f"{args.image_size}x{NUM_BANDS}, {NUM_CLASSES} classes, layer "
         f"overrides {overrides or 'none'}")
@@ -341,6 +349,10 @@ def main() -> None:
   if "torch" in runs:
     print(f"ratio jax/torch: median {med['jax'] / med['torch']:.2f}, "
           f"best {best['jax'] / best['torch']:.2f}")
+  if "torch" in runs and "baseline" in runs:
+    print(f"ratio baseline/torch: median "
+          f"{med['baseline'] / med['torch']:.2f}, best "
+          f"{best['baseline'] / best['torch']:.2f}")
   if "baseline" in runs:
     print(f"ratio jax/baseline (after/before): median "
           f"{med['jax'] / med['baseline']:.2f}, best "

@@ -6,13 +6,17 @@ rewrite that is faster on XLA's CPU backend (measured there only):
 * `im2col_max_size`: `layers.Conv` computes convolutions on maps no larger
   than this (height and width) as an explicit im2col matmul; 0 never does.
 * `matmul_kernel_grad`: on larger maps `layers.Conv` keeps XLA's forward
-  convolution but computes the kernel gradient as one matmul per tap.
+  convolution but computes the kernel gradient by matmuls, one per tap.
+* `im2col_kernel_grad_max_channels`: with `matmul_kernel_grad`, kernels
+  larger than 1x1 on at most this many input channels get one matmul per
+  chunk of images over their im2col patches instead (0: always per tap).
 * `max_pool_views_grad`: `layers.MaxPool`'s gradient from shifted views
   instead of XLA's `select_and_scatter`.
 * `unroll_kernel_grad_taps`: those per-tap matmuls unrolled instead of in a
   scan. Needed in multi-process runs: with the batch sharded, each tap ends
   in an all-reduce, and gloo (CPU collectives) aborts with a "collective
-  mismatch" when those sit inside a while loop.
+  mismatch" when those sit inside a while loop. Such runs also keep the
+  per-tap form where the im2col chunks would apply (a scan as well).
 * `partitionable_init_rng`: the threefry flavour that initialises the
   parameters (`init_rng_context`). The non-partitionable one compiles
   initialisers several times faster on CPU (21 s -> 3 s for a small ResNet);
@@ -50,6 +54,17 @@ MODES = ("auto", "cpu", "xla")
 # 1.1-1.4x forward+backward; 16x16 maps 2.5x slower.
 CPU_IM2COL_MAX_SIZE = 4
 
+# Most input channels for which the CPU mode computes the kernel gradient
+# of a kernel larger than 1x1 as im2col matmuls over chunks of images
+# (`layers.conv_matmul_kernel_grad`'s 'im2col' form) instead of one matmul
+# per tap. Forward + gradients at ResNet-18's shapes, batch 64, 2-core CPU
+# (jax 0.10.2), per tap / per chunk over two runs of `python -m
+# benchmarks.stem_conv --rule`: stem 7x7/2 13->64 1.5-1.7x; 3x3 64->64 on
+# 32x32 maps 1.4x; 128->128 on 16x16 1.1-1.2x; strided 3x3 64->128 on
+# 32x32 and 128->256 on 16x16 0.9-1.0x; 256->256 on 8x8 1.0x (0.86x in a
+# sweep of an earlier version), so 256 channels stay per tap.
+CPU_IM2COL_KERNEL_GRAD_MAX_CHANNELS = 128
+
 
 @dataclasses.dataclass(frozen=True)
 class Formulations:
@@ -59,11 +74,14 @@ class Formulations:
   max_pool_views_grad: bool
   unroll_kernel_grad_taps: bool
   partitionable_init_rng: bool | None
+  # Last, with a default, so that positional constructions made before it
+  # existed keep their meaning (kernel gradients per tap).
+  im2col_kernel_grad_max_channels: int = 0
 
   def __post_init__(self):
-    if self.im2col_max_size < 0:
-      raise ValueError(
-          f"im2col_max_size must be >= 0, got {self.im2col_max_size}.")
+    for name in ("im2col_max_size", "im2col_kernel_grad_max_channels"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
 
 
 Choice = Union[str, Formulations]
@@ -81,7 +99,9 @@ def cpu_formulations() -> Formulations:
   return Formulations(im2col_max_size=CPU_IM2COL_MAX_SIZE,
                       matmul_kernel_grad=True, max_pool_views_grad=True,
                       unroll_kernel_grad_taps=_multi_process(),
-                      partitionable_init_rng=False)
+                      partitionable_init_rng=False,
+                      im2col_kernel_grad_max_channels=(
+                          CPU_IM2COL_KERNEL_GRAD_MAX_CHANNELS))
 
 
 def xla_formulations() -> Formulations:
@@ -91,7 +111,8 @@ def xla_formulations() -> Formulations:
   return Formulations(im2col_max_size=0, matmul_kernel_grad=False,
                       max_pool_views_grad=False,
                       unroll_kernel_grad_taps=_multi_process(),
-                      partitionable_init_rng=None)
+                      partitionable_init_rng=None,
+                      im2col_kernel_grad_max_channels=0)
 
 
 def _check_mode(mode: str, where: str) -> str:

@@ -14,9 +14,29 @@ spots of XLA's CPU convolutions:
   its kernel gradient is not: at ResNet shapes (batch 64, 2-core CPU)
   forward+backward takes 3-14x the forward pass, e.g. 950 ms vs 67 ms for a
   3x3 64->64 conv on 32x32 maps. These keep XLA's convolution and compute
-  the kernel gradient as one matmul per kernel tap
-  (`conv_matmul_kernel_grad`): forward+backward becomes 1.7-2.8x the
-  forward pass (170 ms in that example).
+  the kernel gradient by matmuls (`conv_matmul_kernel_grad`), in one of two
+  forms. Per tap: one (pixels, Cin)^T (pixels, Cout) matmul per kernel tap
+  over the whole batch; forward+backward becomes 1.7-2.8x the forward pass
+  (170 ms in that example). Per chunk (im2col): one (kh*kw*Cin, pixels)
+  (pixels, Cout) matmul per chunk of ~1024 output pixels between the
+  chunk's channel-major im2col patches and the cotangent. XLA runs a
+  transposed-lhs contraction over few channels slowly, and the per-tap
+  form has one per tap: the ResNet stem on 13-band 128x128 images (7x7/2,
+  13->64) took 0.9-1.4 s for forward + kernel gradient per tap, 0.56-0.71
+  s per chunk (1.5-2.0x faster; medians of three runs of `python -m
+  benchmarks.stem_conv`); the 3x3 64->64 convs on 32x32 maps ran 1.4x
+  faster, 128->128 on 16x16 1.1-1.2x, 256->256 on 8x8 and the strided 3x3
+  convs on 64-128 channels 0.9-1.04x (`--rule`). `Conv` takes the
+  chunks for kernels larger than 1x1 on at most
+  `im2col_kernel_grad_max_channels` input channels (128 on CPU), per tap
+  otherwise (a 1x1 kernel has one tap: already one matmul). Tried for the
+  stem and slower, as speed-ups over the per-tap form in one run where
+  the chunks gave 2.0x: space-to-depth (the stride-2 7x7 conv as a
+  stride-1 4x4 one over 2x2 blocks of 52 channels) by XLA alone (0.6x),
+  with per-tap matmuls (0.8x) or with chunks (1.1x); one im2col matmul over
+  the whole batch (0.7x, 668 MB of patches). XLA's forward convolution
+  stays: by im2col it took 1.1-2x (per chunk) to 5x (whole batch) as long,
+  by space-to-depth 3-4x.
 
 Whether these formulations (and `MaxPool`'s, below) are used is decided in
 one place, `eo_jax.backend.formulations()`: on by default on a CPU backend,
@@ -35,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import math
 from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
@@ -51,6 +72,13 @@ IM2COL_MAX_SIZE = backend.CPU_IM2COL_MAX_SIZE
 
 _FALLBACK_PADDINGS = ("CIRCULAR", "REFLECT", "CAUSAL")
 
+# Output pixels per chunk of the im2col kernel gradient. Measured at batch
+# 64 (2-core CPU): 512-2048 are within noise of each other for the stem and
+# the 3x3 convs on 32x32 and 16x16 maps; 4096 loses up to 2x on 8x8 maps
+# with 128-256 channels (patches beyond the caches).
+_IM2COL_CHUNK_PIXELS = 1024
+_IM2COL_MAX_BANDS = 8
+
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 # Set by `override_formulations`: {setting name: value}. A context variable
@@ -63,7 +91,8 @@ _OVERRIDES: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
 @contextlib.contextmanager
 def override_formulations(*, im2col_max_size: int | None = None,
                           matmul_kernel_grad: bool | None = None,
-                          max_pool_views_grad: bool | None = None
+                          max_pool_views_grad: bool | None = None,
+                          im2col_kernel_grad_max_channels: int | None = None
                           ) -> Iterator[None]:
   """Overrides how every `Conv` and `MaxPool` traced inside the block runs.
 
@@ -78,12 +107,19 @@ def override_formulations(*, im2col_max_size: int | None = None,
     im2col_max_size: every Conv's `im2col_max_size` (0: never im2col).
     matmul_kernel_grad: every Conv's `matmul_kernel_grad`.
     max_pool_views_grad: every MaxPool's `views_grad`.
+    im2col_kernel_grad_max_channels: every Conv's
+      `im2col_kernel_grad_max_channels` (0: kernel gradients per tap).
   """
-  if im2col_max_size is not None and im2col_max_size < 0:
-    raise ValueError(f"im2col_max_size must be >= 0, got {im2col_max_size}.")
+  for name, value in (("im2col_max_size", im2col_max_size),
+                      ("im2col_kernel_grad_max_channels",
+                       im2col_kernel_grad_max_channels)):
+    if value is not None and value < 0:
+      raise ValueError(f"{name} must be >= 0, got {value}.")
   settings = dict(im2col_max_size=im2col_max_size,
                   matmul_kernel_grad=matmul_kernel_grad,
-                  views_grad=max_pool_views_grad)
+                  views_grad=max_pool_views_grad,
+                  im2col_kernel_grad_max_channels=(
+                      im2col_kernel_grad_max_channels))
   token = _OVERRIDES.set({**_OVERRIDES.get(), **{
       k: v for k, v in settings.items() if v is not None}})
   try:
@@ -96,6 +132,8 @@ def override_formulations(*, im2col_max_size: int | None = None,
 # default.
 _BACKEND_FIELDS = {"im2col_max_size": "im2col_max_size",
                    "matmul_kernel_grad": "matmul_kernel_grad",
+                   "im2col_kernel_grad_max_channels":
+                       "im2col_kernel_grad_max_channels",
                    "views_grad": "max_pool_views_grad"}
 
 
@@ -280,20 +318,131 @@ def _taps_matmul(x, kernel, strides, padding, kernel_dilation, precision):
   return y.reshape(batch, out_h, out_w, cout)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
+def _divisor_at_most(n: int, limit: int) -> int:
+  """The largest divisor of `n` that is at most `limit` (and at least 1)."""
+  d = max(1, min(n, limit))
+  while n % d:
+    d -= 1
+  return d
+
+
+def _im2col_chunking(batch: int, out_h: int, out_w: int
+                     ) -> tuple[int, int, int]:
+  """How `_im2col_chunks_matmul` splits its output: (groups, images, rows).
+
+  A chunk is `images` images of each of `groups` groups of the batch, cut
+  into bands of `rows` output rows (the last band shorter if need be).
+  """
+  # One image per device in every chunk: with the batch sharded over the
+  # devices, scanning over a sharded axis would make XLA gather the whole
+  # batch on each device; the scan runs over the images within a shard.
+  groups = jax.device_count()
+  if batch % groups:
+    groups = 1
+  images = _divisor_at_most(batch // groups,
+                            _IM2COL_CHUNK_PIXELS // (out_h * out_w))
+  # Bands of one image, or all rows of several images. At most
+  # _IM2COL_MAX_BANDS, unrolled (in a loop their patch copies ran 4x
+  # slower), so the bands of very large maps grow beyond the target size.
+  rows = out_h
+  if images == 1:
+    rows = max(1, min(out_h, _IM2COL_CHUNK_PIXELS // out_w),
+               -(-out_h // _IM2COL_MAX_BANDS))
+  return groups, images, rows
+
+
+def _im2col_chunks_matmul(x, kernel, strides, padding, kernel_dilation,
+                          precision):
+  """The convolution as one im2col matmul per chunk of images, scanned.
+
+  Linear in `kernel`; its transpose (the kernel gradient) is, per chunk, one
+  (kh*kw*Cin, pixels) @ (pixels, Cout) matmul of the chunk's patches,
+  channel-major, with its output cotangent: a plain row-major matmul that
+  XLA's CPU backend runs near its forward convolution's speed, where the
+  per-tap matmuls of `_taps_matmul` (a (pixels, Cin)^T contraction each)
+  are slow for few input channels. A chunk is about
+  `_IM2COL_CHUNK_PIXELS` output pixels: a band of output rows of one image
+  or, on small maps, a few whole images.
+  """
+  kh, kw, cin, cout = kernel.shape
+  (pt, pb), (pl, pr) = padding
+  sh, sw = strides
+  dh, dw = kernel_dilation
+  batch, in_h, in_w, _ = x.shape
+  height, width = in_h + pt + pb, in_w + pl + pr
+  out_h = (height - (kh - 1) * dh - 1) // sh + 1
+  out_w = (width - (kw - 1) * dw - 1) // sw + 1
+  groups, images, rows = _im2col_chunking(batch, out_h, out_w)
+  steps = batch // (groups * images)
+  per_chunk = groups * images
+  # Scanned as (steps, Cin, groups * images, H, W): channel-major, so that
+  # each row of the patches is a run of pixels. The chunk axis is left out
+  # when it is 1: XLA lays out a loop operand's size-1 axes in odd places
+  # and then copies the operand whole (170 ms a step for the stem's input).
+  x = x.reshape(groups, steps, images, in_h, in_w, cin)
+  x = x.transpose(1, 5, 0, 2, 3, 4).reshape(
+      (steps, cin) + (per_chunk,) * (per_chunk > 1) + (in_h, in_w))
+  pads = ((0, 0, 0),) * (x.ndim - 2) + ((pt, pb, 0), (pl, pr, 0))
+  x = lax.pad(x, jnp.zeros((), x.dtype), pads)
+  taps = kernel.reshape(kh * kw * cin, cout)
+
+  # Rematerialised like `_taps_matmul`'s body: reverse mode rebuilds one
+  # chunk's patches at a time instead of keeping all of them.
+  @functools.partial(jax.checkpoint, prevent_cse=False)
+  def chunk(_, xs):
+    xs = xs.reshape(cin, per_chunk, height, width)
+    # The patches in two steps, the kernel's columns for the whole chunk,
+    # then per band its rows: XLA's CPU backend fuses a concatenation of at
+    # most 8 slices into one loop; kh*kw slices at once would be as many
+    # copies (the stem's 49: 195 vs 120 ms a step to build the patches).
+    cols = jnp.stack([
+        lax.slice(xs, (0, 0, 0, j * dw),
+                  (cin, per_chunk, height, j * dw + (out_w - 1) * sw + 1),
+                  (1, 1, 1, sw)) for j in range(kw)])
+    bands = []
+    for r0 in range(0, out_h, rows):
+      n = min(rows, out_h - r0)
+      views = []
+      for i in range(kh):
+        top = r0 * sh + i * dh
+        views.append(lax.slice_in_dim(cols, top, top + (n - 1) * sh + 1, sh,
+                                      axis=3))
+      # Rows (kernel row, kernel column, channel), as in
+      # kernel.reshape(kh * kw * cin, cout); columns (image, row, column).
+      patches = jnp.stack(views).reshape(kh * kw * cin, -1)
+      y = lax.dot_general(patches, taps, (((0,), (0,)), ((), ())),
+                          precision=precision)
+      bands.append(y.reshape(per_chunk, n, out_w, cout))
+    y = jnp.concatenate(bands, axis=1) if len(bands) > 1 else bands[0]
+    return None, y if per_chunk > 1 else y[0]
+
+  _, y = lax.scan(chunk, None, x)
+  # (steps, groups, images, ...) -> batch order groups, steps, images.
+  y = y.reshape(steps, groups, images, out_h, out_w, cout).swapaxes(0, 1)
+  return y.reshape(batch, out_h, out_w, cout)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
 def conv_matmul_kernel_grad(x: jax.Array, kernel: jax.Array,
                             strides: tuple[int, int],
                             padding: tuple[tuple[int, int], tuple[int, int]],
                             kernel_dilation: tuple[int, int] = (1, 1),
-                            precision=None) -> jax.Array:
+                            precision=None,
+                            kernel_grad: str = "taps") -> jax.Array:
   """XLA's 2-D convolution whose kernel gradient is computed by matmuls.
 
   The value and the input gradient are XLA's (`lax.conv_general_dilated`
   and its transpose, both fast on CPU). The kernel gradient, which XLA's
   CPU backend computes several times slower than its forward pass at
-  ResNet shapes (numbers in the module docstring), is instead one matmul
-  per kernel tap between the shifted input view and the output cotangent.
-  Forward-mode derivatives work too (the rule is a JVP).
+  ResNet shapes (numbers in the module docstring), is instead computed by
+  matmuls of the input with the output cotangent, in one of two forms:
+  'taps', one matmul per kernel tap over the whole batch; or 'im2col', one
+  matmul per chunk of images between their channel-major im2col patches
+  and the cotangent (faster for kernels larger than 1x1 on up to ~128
+  input channels, see the module docstring). Multi-process runs take the
+  unrolled taps whatever the form (`backend.Formulations`'
+  `unroll_kernel_grad_taps`). Forward-mode derivatives work too (the rule
+  is a JVP).
 
   Args:
     x: (B, H, W, Cin) input.
@@ -302,16 +451,18 @@ def conv_matmul_kernel_grad(x: jax.Array, kernel: jax.Array,
     padding: explicit ((top, bottom), (left, right)), all >= 0.
     kernel_dilation: (dh, dw).
     precision: passed to the convolution and the matmuls.
+    kernel_grad: 'taps' or 'im2col'.
 
   Returns:
     (B, Ho, Wo, Cout), equal to `lax.conv_general_dilated`'s result.
   """
   _check_input(x, kernel, "conv_matmul_kernel_grad")
+  _check_kernel_grad(kernel_grad)
   return _xla_conv(x, kernel, strides, padding, kernel_dilation, precision)
 
 
 def _conv_matmul_kernel_grad_jvp(strides, padding, kernel_dilation,
-                                 precision, primals, tangents):
+                                 precision, kernel_grad, primals, tangents):
   x, kernel = primals
   dx, dkernel = tangents
   y = _xla_conv(x, kernel, strides, padding, kernel_dilation, precision)
@@ -322,11 +473,26 @@ def _conv_matmul_kernel_grad_jvp(strides, padding, kernel_dilation,
     dy = dy + _xla_conv(dx, kernel, strides, padding, kernel_dilation,
                         precision)
   if not isinstance(dkernel, SymbolicZero):
-    # Linear in dkernel; reverse mode transposes it into the per-tap
-    # matmuls view^T @ cotangent.
-    dy = dy + _taps_matmul(x, dkernel, strides, padding, kernel_dilation,
-                           precision)
+    form = _check_kernel_grad(kernel_grad)
+    if backend.formulations().unroll_kernel_grad_taps:
+      # The chunks' scan would put the all-reduces of a sharded batch in a
+      # while loop, which gloo collectives abort on (see _taps_matmul).
+      form = "taps"
+    # Linear in dkernel; reverse mode transposes it into the matmuls
+    # input^T @ cotangent (per tap, or per chunk of im2col patches).
+    dy = dy + _KERNEL_GRAD_FORMS[form](x, dkernel, strides, padding,
+                                       kernel_dilation, precision)
   return y, dy
+
+
+_KERNEL_GRAD_FORMS = {"taps": _taps_matmul, "im2col": _im2col_chunks_matmul}
+
+
+def _check_kernel_grad(kernel_grad: str) -> str:
+  if kernel_grad not in _KERNEL_GRAD_FORMS:
+    raise ValueError(f"kernel_grad is {kernel_grad!r}; use one of "
+                     f"{tuple(_KERNEL_GRAD_FORMS)}.")
+  return kernel_grad
 
 
 conv_matmul_kernel_grad.defjvp(_conv_matmul_kernel_grad_jvp,
@@ -341,10 +507,12 @@ class Conv(nn.Conv):
   weight mask, custom conv function or circular/reflect/causal padding) runs
   as `conv_im2col` when its input is no larger than `im2col_max_size` in
   height and width, else as `conv_matmul_kernel_grad` when
-  `matmul_kernel_grad` is set and the padding is not negative. Everything
-  else goes to `nn.Conv`. The choice depends on static shapes only. Inside
-  an `override_formulations` block, the settings it gives replace the
-  attributes below.
+  `matmul_kernel_grad` is set and the padding is not negative, with the
+  kernel gradient in im2col chunks when the kernel is larger than 1x1 and
+  has at most `im2col_kernel_grad_max_channels` input channels, else per
+  tap. Everything else goes to `nn.Conv`. The choice depends on static
+  shapes only. Inside an `override_formulations` block, the settings it
+  gives replace the attributes below.
 
   Attributes:
     im2col_max_size: largest input height and width computed as im2col;
@@ -353,9 +521,15 @@ class Conv(nn.Conv):
     matmul_kernel_grad: on larger maps, compute the kernel gradient as
       matmuls (XLA's forward and input gradient are kept); None takes the
       backend's (on for CPU only).
+    im2col_kernel_grad_max_channels: with `matmul_kernel_grad`, kernels
+      larger than 1x1 with at most this many input channels get their
+      kernel gradient as im2col matmuls over chunks of images, the others
+      one matmul per tap; 0 always per tap; None takes the backend's (128
+      on CPU, 0 elsewhere).
   """
   im2col_max_size: int | None = None
   matmul_kernel_grad: bool | None = None
+  im2col_kernel_grad_max_channels: int | None = None
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -368,7 +542,7 @@ class Conv(nn.Conv):
     dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
     padding = explicit_padding(self.padding, inputs.shape[1:3], dilated,
                                strides)
-    if path == "matmul_kernel_grad" and min(min(p) for p in padding) < 0:
+    if path != "im2col" and min(min(p) for p in padding) < 0:
       # Cropping paddings are rare; nn.Conv handles them.
       return super().__call__(inputs)
     in_features = inputs.shape[-1]
@@ -385,8 +559,9 @@ class Conv(nn.Conv):
       y = conv_im2col(inputs, kernel, strides, padding, dilation,
                       precision=self.precision)
     else:
-      y = conv_matmul_kernel_grad(inputs, kernel, strides, padding, dilation,
-                                  self.precision)
+      y = conv_matmul_kernel_grad(
+          inputs, kernel, strides, padding, dilation, self.precision,
+          "im2col" if path == "im2col_kernel_grad" else "taps")
     if bias is not None:
       y = y + bias
     return y
@@ -411,14 +586,18 @@ def _is_plain(conv: Conv, inputs: jax.Array) -> bool:
 # Functions rather than Conv methods: Flax records every method's return
 # value under `capture_intermediates`, and a string is not a JAX type.
 def _conv_path(conv: Conv, inputs: jax.Array) -> str:
-  """'im2col', 'matmul_kernel_grad' or 'nn.Conv'."""
+  """'im2col', 'im2col_kernel_grad', 'matmul_kernel_grad' or 'nn.Conv'."""
   if not _is_plain(conv, inputs):
     return "nn.Conv"
   if max(inputs.shape[1:3]) <= _setting(conv, "im2col_max_size"):
     return "im2col"
-  if _setting(conv, "matmul_kernel_grad"):
-    return "matmul_kernel_grad"
-  return "nn.Conv"
+  if not _setting(conv, "matmul_kernel_grad"):
+    return "nn.Conv"
+  # A 1x1 kernel has one tap: its per-tap form is already one matmul.
+  if (math.prod(_pairs(conv.kernel_size, 2)) > 1 and inputs.shape[-1] <= (
+      _setting(conv, "im2col_kernel_grad_max_channels"))):
+    return "im2col_kernel_grad"
+  return "matmul_kernel_grad"
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
@@ -449,18 +628,23 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
 @max_pool.defjvp
 def _max_pool_jvp(window, strides, padding, primals, tangents):
   (x,), (dx,) = primals, tangents
-  y = max_pool(x, window, strides, padding)
   views = _shifted_views(x, window, strides, padding, pad_value=-jnp.inf)
   # Index of the first view holding the maximum: a running max that only a
   # strictly larger value replaces, so earlier taps win ties (ReLU zeros
   # make ties common). Comparing each view with `y` instead gives the same
   # index but runs 2x slower (it does not fuse with the views).
   index_dtype = jnp.int8 if len(views) < 128 else jnp.int32
-  best, first = views[0], jnp.zeros(y.shape, index_dtype)
+  best, first = views[0], jnp.zeros(views[0].shape, index_dtype)
+  # The value from the same views (`lax.max` propagates NaNs as
+  # reduce_window's max does) rather than a separate reduce_window: it fuses
+  # with the index, and the stem's pool forward+backward runs 10-20% faster
+  # (64x64x64 maps, batch 64: 134 vs 151 ms).
+  y = views[0]
   for t, view in enumerate(views[1:], 1):
     larger = view > best
     best = jnp.where(larger, view, best)
     first = jnp.where(larger, jnp.asarray(t, index_dtype), first)
+    y = jnp.maximum(y, view)
   dviews = _shifted_views(dx, window, strides, padding)
   dy = sum(jnp.where(first == t, v, jnp.zeros((), v.dtype))
            for t, v in enumerate(dviews))

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eo_jax import backend
 from eo_jax.models import layers
 
 
@@ -17,17 +18,21 @@ def _quick_rng_compile():
     yield
 
 
-def _against_nn_conv(x, im2col_max_size, **conv_kwargs):
+def _against_nn_conv(x, im2col_max_size, im2col_kernel_grad_max_channels=0,
+                     **conv_kwargs):
   """Outputs and input/param gradients of nn.Conv and of layers.Conv.
 
   `im2col_max_size` picks the layers.Conv path: large (64) forces im2col for
   every shape tested here, 0 forces the XLA conv with the matmul kernel
-  gradient (set explicitly, whatever the backend's default). Returns
+  gradient (set explicitly, whatever the backend's default), per tap unless
+  `im2col_kernel_grad_max_channels` admits the input's channels. Returns
   (variables, [(y, grads) of nn.Conv, of layers.Conv]).
   """
   ref = nn.Conv(**conv_kwargs)
   ours = layers.Conv(**conv_kwargs, im2col_max_size=im2col_max_size,
-                     matmul_kernel_grad=True)
+                     matmul_kernel_grad=True,
+                     im2col_kernel_grad_max_channels=(
+                         im2col_kernel_grad_max_channels))
   variables = ref.init(jax.random.key(0), x)
   weights = jax.random.normal(jax.random.key(1), (1,))  # for a non-trivial loss
 
@@ -304,8 +309,8 @@ def test_max_pool_gradient_matches_nn_max_pool(window, strides, padding):
   g = jax.jit(lambda x: jax.vjp(ours, x)[1](cotangent)[0])(x)
   np.testing.assert_array_equal(g, g_ref)
   dx = jax.random.normal(jax.random.key(2), x.shape)
-  np.testing.assert_array_equal(jax.jvp(ours, (x,), (dx,))[1],
-                                jax.jvp(ref, (x,), (dx,))[1])
+  for a, b in zip(jax.jvp(ours, (x,), (dx,)), jax.jvp(ref, (x,), (dx,))):
+    np.testing.assert_array_equal(a, b)  # values (from the views) too
 
 
 def test_max_pool_override_uses_nn_max_pool(monkeypatch):
@@ -320,3 +325,142 @@ def test_max_pool_override_uses_nn_max_pool(monkeypatch):
   assert not calls
   pool.apply({}, x)
   assert calls == [1]
+
+
+def _im2col_forms_used(monkeypatch):
+  """Records each kernel-gradient form `conv_matmul_kernel_grad` runs."""
+  used = []
+  for form, fn in list(layers._KERNEL_GRAD_FORMS.items()):
+    monkeypatch.setitem(layers._KERNEL_GRAD_FORMS, form,
+                        lambda *a, f=fn, n=form: (used.append(n), f(*a))[1])
+  return used
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding,dilation", [
+    # The ResNet stem (7x7/2, padding 3) on even and odd sizes, 1..13 bands.
+    ((2, 16, 16, 13), 7, 2, 3, 1),
+    ((1, 15, 13, 4), 7, 2, 3, 1),
+    ((3, 9, 10, 1), 7, 2, 3, 1),
+    ((2, 11, 11, 2), 5, 2, "SAME", 1),
+    ((2, 10, 9, 3), 3, 2, ((1, 0), (2, 1)), 1),
+    ((3, 7, 8, 5), 3, 1, "VALID", 1),
+    ((2, 8, 9, 3), 3, 1, "SAME", 2),
+])
+def test_im2col_kernel_grad_matches_nn_conv(monkeypatch, shape, kernel,
+                                            strides, padding, dilation):
+  used = _im2col_forms_used(monkeypatch)
+  x = jax.random.normal(jax.random.key(5), shape)
+  _, ((y_ref, g_ref), (y, g)) = _against_nn_conv(
+      x, 0, im2col_kernel_grad_max_channels=64, features=6,
+      kernel_size=(kernel, kernel), strides=strides, padding=padding,
+      kernel_dilation=dilation)
+  assert set(used) == {"im2col"}
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(y, y_ref, atol=2e-5, rtol=1e-5)
+  # Kernel, bias and (XLA's own) input gradients.
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_pixels,max_bands,devices,chunking", [
+    # (groups, images per group, output rows per band) for a batch of 4
+    # 3x4 outputs.
+    (1, 8, 1, (1, 1, 1)),     # bands of one output row
+    (8, 8, 1, (1, 1, 2)),     # bands of 2 rows, the last 1 row
+    (1, 2, 1, (1, 1, 2)),     # capped at 2 bands: 2 rows, then 1
+    (24, 8, 1, (1, 2, 3)),    # 2 whole images per chunk
+    (1000, 8, 1, (1, 4, 3)),  # the whole batch in one chunk
+    (12, 8, 2, (2, 1, 3)),    # one image per device in each chunk
+    (12, 8, 5, (1, 1, 3)),    # 5 devices do not divide the batch
+])
+def test_im2col_kernel_grad_chunking(monkeypatch, chunk_pixels, max_bands,
+                                     devices, chunking):
+  # Chunks of rows, of whole images and across devices cover every output
+  # pixel once: the kernel gradient equals XLA's for each.
+  monkeypatch.setattr(layers, "_IM2COL_CHUNK_PIXELS", chunk_pixels)
+  monkeypatch.setattr(layers, "_IM2COL_MAX_BANDS", max_bands)
+  monkeypatch.setattr(layers.jax, "device_count", lambda: devices)
+  assert layers._im2col_chunking(4, 3, 4) == chunking
+  x = jax.random.normal(jax.random.key(6), (4, 5, 7, 3))
+  kernel = jax.random.normal(jax.random.key(7), (3, 3, 3, 2))
+  pads = ((0, 0), (1, 1))
+  ct = jax.random.normal(jax.random.key(8), (4, 3, 4, 2))
+
+  def ref(k):
+    return jax.lax.conv_general_dilated(
+        x, k, (1, 2), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def ours(k):
+    return layers.conv_matmul_kernel_grad(x, k, (1, 2), pads,
+                                          kernel_grad="im2col")
+
+  g_ref = jax.vjp(ref, kernel)[1](ct)[0]
+  g = jax.jit(lambda k: jax.vjp(ours, k)[1](ct)[0])(kernel)
+  np.testing.assert_allclose(g, g_ref, atol=2e-5, rtol=1e-5)
+
+
+def test_im2col_kernel_grad_forward_mode_and_no_input_gradient():
+  x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
+  kernel = jax.random.normal(jax.random.key(1), (7, 7, 3, 4))
+  dx = jax.random.normal(jax.random.key(2), x.shape)
+  dk = jax.random.normal(jax.random.key(3), kernel.shape)
+  pads = ((3, 3), (3, 3))
+
+  def ref(x, k):
+    return jax.lax.conv_general_dilated(
+        x, k, (2, 2), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def ours(x, k):
+    return layers.conv_matmul_kernel_grad(x, k, (2, 2), pads,
+                                          kernel_grad="im2col")
+
+  _, t_ref = jax.jvp(ref, (x, kernel), (dx, dk))
+  _, t = jax.jvp(ours, (x, kernel), (dx, dk))
+  np.testing.assert_allclose(t, t_ref, atol=1e-4, rtol=1e-5)
+  # A stem's training pass: the kernel's gradient only. The image's
+  # (XLA's transposed convolution) is never built: the program's one
+  # convolution is the forward pass.
+  program = jax.jit(jax.grad(lambda k: jnp.sum(ours(x, k) ** 2))).lower(
+      kernel).as_text()
+  assert program.count("stablehlo.convolution") == 1
+  with pytest.raises(ValueError, match="'taps'"):
+    layers.conv_matmul_kernel_grad(x, kernel, (2, 2), pads, kernel_grad="s2d")
+
+
+def test_cpu_rule_picks_im2col_kernel_grad_where_intended(monkeypatch):
+  used = _im2col_forms_used(monkeypatch)
+  assert backend.cpu_formulations().im2col_kernel_grad_max_channels == 128
+  assert backend.xla_formulations().im2col_kernel_grad_max_channels == 0
+
+  def forms(conv, size, channels):
+    x = jnp.ones((2, size, size, channels))
+    variables = conv.init(jax.random.key(0), x)
+    used.clear()
+    jax.grad(lambda p: jnp.sum(conv.apply({"params": p}, x)))(
+        variables["params"])
+    return list(used)
+
+  stem = layers.Conv(8, (7, 7), strides=2, padding=3)
+  conv3 = layers.Conv(8, (3, 3), padding=1)
+  with backend.use_formulations("cpu"):
+    assert forms(stem, 12, 13) == ["im2col"]
+    assert forms(conv3, 6, 128) == ["im2col"]
+    assert forms(conv3, 6, 129) == ["taps"]  # many channels: per tap
+    assert forms(layers.Conv(8, (1, 1)), 6, 3) == ["taps"]  # one tap
+    assert forms(layers.Conv(8, (1, 3)), 6, 3) == ["im2col"]
+    assert forms(conv3, 4, 3) == []  # small maps: conv_im2col
+    # A module attribute, then an override block, beat the backend.
+    assert forms(layers.Conv(8, (3, 3), im2col_kernel_grad_max_channels=0),
+                 6, 3) == ["taps"]
+    with layers.override_formulations(im2col_kernel_grad_max_channels=0):
+      assert forms(stem, 12, 13) == ["taps"]
+    with layers.override_formulations(matmul_kernel_grad=False):
+      assert forms(stem, 12, 13) == []  # nn.Conv
+    # Multi-process runs keep the unrolled taps (no scan of collectives).
+    monkeypatch.setattr(layers.jax, "process_count", lambda: 2)
+    assert forms(stem, 12, 13) == ["taps"]
+  with backend.use_formulations("xla"):
+    assert forms(stem, 12, 13) == []
+  with pytest.raises(ValueError, match="im2col_kernel_grad_max_channels"):
+    with layers.override_formulations(im2col_kernel_grad_max_channels=-1):
+      pass
