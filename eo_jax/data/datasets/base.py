@@ -236,3 +236,15 @@ def stratified_split(labels: Sequence[int], fractions: Sequence[float],
     for part, chunk in zip(parts, np.split(idx, cuts)):
       part.append(chunk)
   return [np.sort(np.concatenate(p)) if p else np.zeros((0,), int) for p in parts]
+
+
+def hold_out_val(train: Any, val_fraction: float, split_seed: int) -> dict[str, Any]:
+  """{'train', 'val'} from a labelled source: `val_fraction` of each class
+  held out as 'val' (`stratified_split`); {'train': train} when it is 0.
+  `train` needs `.labels` and `.subset(indices, name)`."""
+  if val_fraction <= 0:
+    return {"train": train}
+  train_idx, val_idx = stratified_split(
+      train.labels, (1.0 - val_fraction, val_fraction), split_seed)
+  return {"train": train.subset(train_idx, "train"),
+          "val": train.subset(val_idx, "val")}

@@ -52,7 +52,7 @@ from eo_jax.data import bands as bands_lib
 from eo_jax.data.datasets import tfds_source
 from eo_jax.data.datasets.base import (CLASSIFICATION, DATASETS, DataError,
                                        Dataset, DatasetInfo, LabelledImageFiles,
-                                       missing_data, stratified_split)
+                                       missing_data, hold_out_val)
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR10_C_URL = "https://zenodo.org/records/2535967 (CIFAR-10-C.tar)"
@@ -329,13 +329,7 @@ def cifar10(path: str | None = None, source: str = "files",
     train, class_names = _tfds_split(path, "train")
     test, _ = _tfds_split(path, "test")
   splits = {"test": test}
-  if val_fraction > 0:
-    train_idx, val_idx = stratified_split(
-        train.labels, (1.0 - val_fraction, val_fraction), split_seed)
-    splits["train"] = train.subset(train_idx, "train")
-    splits["val"] = train.subset(val_idx, "val")
-  else:
-    splits["train"] = train
+  splits.update(hold_out_val(train, val_fraction, split_seed))
   info = DatasetInfo(name="cifar10", bands=bands_lib.RGB, class_names=class_names,
                      task=CLASSIFICATION, image_size=IMAGE_SHAPE[:2],
                      rgb_bands=("R", "G", "B"))

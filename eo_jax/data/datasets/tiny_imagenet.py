@@ -35,7 +35,7 @@ import numpy as np
 from eo_jax.data import bands as bands_lib
 from eo_jax.data.datasets.base import (CLASSIFICATION, DATASETS, Dataset,
                                        DatasetInfo, LabelledImageFiles,
-                                       missing_data, stratified_split)
+                                       missing_data, hold_out_val)
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 IMAGE_SHAPE = (64, 64, 3)
@@ -181,13 +181,7 @@ def tiny_imagenet(path: str | None = None, val_fraction: float = 0.1,
     raise ValueError(f"{root / 'wnids.txt'} lists a class twice.")
   full = _train_files(root, wnids)
   splits = {"test": _val_files(root, wnids)}
-  if val_fraction > 0:
-    train_idx, val_idx = stratified_split(
-        full.labels, (1.0 - val_fraction, val_fraction), split_seed)
-    splits["train"] = full.subset(train_idx, "train")
-    splits["val"] = full.subset(val_idx, "val")
-  else:
-    splits["train"] = full
+  splits.update(hold_out_val(full, val_fraction, split_seed))
   info = DatasetInfo(name="tiny_imagenet", bands=bands_lib.RGB,
                      class_names=_class_names(wnids, root),
                      task=CLASSIFICATION, image_size=IMAGE_SHAPE[:2],
