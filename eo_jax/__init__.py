@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from eo_jax import backend as _backend
+
 __version__ = "0.1.0"
+
+# Before JAX reads its flags: XLA's own CPU convolutions (eo_jax/backend.py).
+_backend.configure_xla_cpu()
 
 
 def run(config, workdir: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ rewrite that is faster on XLA's CPU backend (measured there only):
 
 `formulations()` decides, in this order: a `set_formulations` call, the
 environment variable EO_JAX_FORMULATIONS, else 'auto'. The modes are 'cpu'
-(every rewrite on), 'xla' (XLA's own ops and jax's default RNG) and 'auto'
+(the CPU rewrites), 'xla' (XLA's own ops and jax's default RNG) and 'auto'
 ('cpu' when jax's default backend is the CPU, else 'xla': the rewrites were
 measured only on CPU). A `Formulations` value may be given instead of a mode
 for finer A/B measurements.
@@ -33,12 +33,29 @@ The layers read the choice when a model is traced, so it must be made
 before the function is traced (jit caches do not see it); for a change
 within one process, trace a new function. `layers.override_formulations`
 overrides it further, for the code traced inside its block.
+
+XLA's own CPU convolutions. jax 0.10's CPU backend hands convolutions to
+YNNPACK by default; XLA's other convolution code (Eigen) was 1.7-2.2x
+faster at ResNet shapes on a 2-core CPU (7x7/2 stem on 13-band 128x128
+images, batch 64: 122-136 ms vs 223-243 ms forward; 3x3 64->64 on 32x32
+maps: 22-26 ms vs 39-60 ms; same machine, alternating processes), faster
+than PyTorch's oneDNN for the stem's forward + kernel gradient, and its
+kernel gradients are then faster than the matmul rewrites. So importing
+eo_jax calls `configure_xla_cpu()`, which adds `CPU_XLA_FLAGS` to the
+environment variable XLA_FLAGS (YNNPACK keeps the matmuls) unless XLA_FLAGS
+already sets `xla_cpu_experimental_ynn_fusion_type` (yours is kept), the
+mode is 'xla', or JAX has already started its backends (flags are read
+once, at that moment). The flag changes the CPU backend only. The 'cpu'
+mode then leaves kernel gradients to XLA (`matmul_kernel_grad` off); where
+convolutions still run on YNNPACK (`ynn_convolutions()`), it keeps the
+matmul kernel gradients that were measured faster there.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import os
+import re
 from typing import ContextManager, Iterator, Union
 
 import jax
@@ -54,7 +71,8 @@ MODES = ("auto", "cpu", "xla")
 # 1.1-1.4x forward+backward; 16x16 maps 2.5x slower.
 CPU_IM2COL_MAX_SIZE = 4
 
-# Most input channels for which the CPU mode computes the kernel gradient
+# Where convolutions run on YNNPACK (`ynn_convolutions()`): most input
+# channels for which the CPU mode computes the kernel gradient
 # of a kernel larger than 1x1 as im2col matmuls over chunks of images
 # (`layers.conv_matmul_kernel_grad`'s 'im2col' form) instead of one matmul
 # per tap. Forward + gradients at ResNet-18's shapes, batch 64, 2-core CPU
@@ -84,6 +102,66 @@ class Formulations:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
 
 
+# The XLA flag that lists what XLA's CPU backend hands to YNNPACK, and the
+# setting `configure_xla_cpu` adds: every default except convolutions.
+YNN_FUSION_FLAG = "xla_cpu_experimental_ynn_fusion_type"
+CPU_XLA_FLAGS = f"--{YNN_FUSION_FLAG}=-individual_convolution"
+_YNN_CONVOLUTION = "individual_convolution"
+
+
+def _backends_started() -> bool:
+  try:
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    return bool(xla_bridge.backends_are_initialized())
+  except (ImportError, AttributeError):  # a jax without it: assume not
+    return False
+
+
+def configure_xla_cpu(environ: dict[str, str] | None = None) -> bool:
+  """Adds `CPU_XLA_FLAGS` to XLA_FLAGS; returns whether it did.
+
+  Leaves XLA_FLAGS alone when it already sets the YNNPACK flag, when the
+  formulations mode (EO_JAX_FORMULATIONS) is 'xla', or when JAX's backends
+  have started (too late for flags). Called when eo_jax is imported.
+  """
+  environ = os.environ if environ is None else environ
+  flags = environ.get("XLA_FLAGS", "")
+  if YNN_FUSION_FLAG in flags:
+    return False
+  if environ.get(ENV_VAR, "auto").strip().lower() == "xla":
+    return False
+  if _backends_started():
+    return False
+  environ["XLA_FLAGS"] = f"{flags} {CPU_XLA_FLAGS}".strip()
+  return True
+
+
+def ynn_convolutions(environ: dict[str, str] | None = None) -> bool:
+  """Whether XLA_FLAGS leaves CPU convolutions to YNNPACK (jax's default).
+
+  Reads the last `--xla_cpu_experimental_ynn_fusion_type=` in XLA_FLAGS as
+  XLA does: an empty value hands nothing to YNNPACK, '+name' / '-name'
+  entries add to / remove from the default set (which has convolutions),
+  plain names replace it.
+  """
+  environ = os.environ if environ is None else environ
+  values = re.findall(rf"--{YNN_FUSION_FLAG}=(\S*)",
+                      environ.get("XLA_FLAGS", ""))
+  if not values:
+    return True
+  entries = [e.strip().lower().replace("library_fusion_type_", "")
+             for e in values[-1].split(",") if e.strip()]
+  if not entries:
+    return False
+  if any(e[0] not in "+-" for e in entries):
+    return _YNN_CONVOLUTION in entries
+  on = True
+  for e in entries:
+    if e[1:] == _YNN_CONVOLUTION:
+      on = e[0] == "+"
+  return on
+
+
 Choice = Union[str, Formulations]
 
 # Set by `set_formulations`; None defers to the environment variable.
@@ -95,9 +173,14 @@ def _multi_process() -> bool:
 
 
 def cpu_formulations() -> Formulations:
-  """Every CPU rewrite on (what 'auto' gives on a CPU backend)."""
+  """The CPU rewrites (what 'auto' gives on a CPU backend).
+
+  Kernel gradients by matmuls only where convolutions run on YNNPACK
+  (`ynn_convolutions()`); XLA's own kernel gradients are faster otherwise.
+  """
   return Formulations(im2col_max_size=CPU_IM2COL_MAX_SIZE,
-                      matmul_kernel_grad=True, max_pool_views_grad=True,
+                      matmul_kernel_grad=ynn_convolutions(),
+                      max_pool_views_grad=True,
                       unroll_kernel_grad_taps=_multi_process(),
                       partitionable_init_rng=False,
                       im2col_kernel_grad_max_channels=(

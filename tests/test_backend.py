@@ -1,5 +1,9 @@
 """eo_jax.backend: one place decides the CPU rewrites, and both choices
 compute the same model."""
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +12,8 @@ import pytest
 from eo_jax import backend
 from eo_jax.data import bands as bands_lib
 from eo_jax.models import layers, resnet
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -24,9 +30,89 @@ def test_default_on_cpu_is_the_cpu_formulation():
   assert jax.default_backend() == "cpu"
   f = backend.formulations()
   assert f == backend.cpu_formulations()
+  # Importing eo_jax handed the convolutions back to XLA's own code, so
+  # kernel gradients stay XLA's too.
+  assert not backend.ynn_convolutions()
   assert (f.im2col_max_size, f.matmul_kernel_grad, f.max_pool_views_grad,
-          f.partitionable_init_rng) == (4, True, True, False)
+          f.partitionable_init_rng) == (4, False, True, False)
   assert layers.IM2COL_MAX_SIZE == f.im2col_max_size
+
+
+def test_cpu_formulation_keeps_matmul_kernel_gradients_for_ynnpack_convs(
+    monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type="
+                     "+individual_convolution")
+  f = backend.cpu_formulations()
+  assert f.matmul_kernel_grad and f.im2col_kernel_grad_max_channels == 128
+
+
+@pytest.mark.parametrize("flags, ynn", [
+    ("", True),  # jax's default hands convolutions to YNNPACK
+    ("--xla_force_host_platform_device_count=4", True),
+    (backend.CPU_XLA_FLAGS, False),
+    ("--xla_cpu_experimental_ynn_fusion_type=", False),  # nothing to YNNPACK
+    ("--xla_cpu_experimental_ynn_fusion_type=individual_dot", False),
+    ("--xla_cpu_experimental_ynn_fusion_type=individual_dot,"
+     "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION", True),
+    ("--xla_cpu_experimental_ynn_fusion_type=-individual_dot", True),
+    ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,"
+     "+individual_convolution", True),
+    # The last occurrence wins.
+    (backend.CPU_XLA_FLAGS + " --xla_cpu_experimental_ynn_fusion_type="
+     "+individual_convolution", True),
+])
+def test_ynn_convolutions_reads_the_flag_as_xla_does(flags, ynn):
+  assert backend.ynn_convolutions({"XLA_FLAGS": flags}) is ynn
+
+
+def test_configure_xla_cpu_adds_the_flag_once_and_keeps_a_users_choice(
+    monkeypatch):
+  monkeypatch.setattr(backend, "_backends_started", lambda: False)
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  assert backend.configure_xla_cpu(env)
+  assert env["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=4 "
+                              + backend.CPU_XLA_FLAGS)
+  assert not backend.configure_xla_cpu(env)  # already there: unchanged
+  assert env["XLA_FLAGS"].count("ynn_fusion_type") == 1
+  empty = {}
+  assert backend.configure_xla_cpu(empty)
+  assert empty == {"XLA_FLAGS": backend.CPU_XLA_FLAGS}
+  mine = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="}
+  assert not backend.configure_xla_cpu(mine)
+  assert mine == {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="}
+  plain_xla = {backend.ENV_VAR: "xla"}
+  assert not backend.configure_xla_cpu(plain_xla)
+  assert "XLA_FLAGS" not in plain_xla
+  # Too late once JAX has read its flags: nothing changes.
+  monkeypatch.setattr(backend, "_backends_started", lambda: True)
+  late = {}
+  assert not backend.configure_xla_cpu(late) and late == {}
+
+
+_PROBE = """
+import os, sys
+import eo_jax  # noqa: F401  (sets the flag before JAX starts)
+import jax, jax.numpy as jnp
+x, w = jnp.ones((8, 32, 32, 13)), jnp.ones((7, 7, 13, 64))
+conv = lambda x, w: jax.lax.conv_general_dilated(
+    x, w, (2, 2), ((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+hlo = jax.jit(conv).lower(x, w).compile().as_text()
+print("ynn" if "__ynn_fusion" in hlo else "xla")
+"""
+
+
+@pytest.mark.parametrize("flags, runs_on", [
+    ("", "xla"),
+    ("--xla_cpu_experimental_ynn_fusion_type=+individual_convolution", "ynn")])
+def test_importing_eo_jax_hands_cpu_convolutions_to_xla(flags, runs_on):
+  """In a fresh process, as a user's script starts; a user's own setting of
+  the flag is obeyed. (That jax 0.10 sends this stem convolution to
+  YNNPACK by default is what the second case shows.)"""
+  env = {k: v for k, v in os.environ.items() if k != backend.ENV_VAR}
+  env["XLA_FLAGS"] = flags
+  out = subprocess.run([sys.executable, "-c", _PROBE], env=env, check=True,
+                       capture_output=True, text=True, cwd=_ROOT)
+  assert out.stdout.split()[-1] == runs_on
 
 
 def test_xla_mode_is_plain_xla_ops():
@@ -96,8 +182,10 @@ def test_layers_follow_the_backend_unless_told_otherwise(monkeypatch):
     pool.apply({}, large)
     return list(calls)
 
+  # CPU default (XLA's own convolutions): XLA keeps the kernel gradients.
+  cpu = ["conv_im2col", "max_pool"]
   rewrites = ["conv_im2col", "conv_matmul_kernel_grad", "max_pool"]
-  assert run() == rewrites
+  assert run() == cpu
   with backend.use_formulations("xla"):
     assert run() == []
     # An attribute set on the module beats the backend ...
@@ -107,7 +195,9 @@ def test_layers_follow_the_backend_unless_told_otherwise(monkeypatch):
                                       matmul_kernel_grad=True,
                                       max_pool_views_grad=True):
       assert run() == rewrites
-  assert run() == rewrites
+  assert run() == cpu
+  with layers.override_formulations(matmul_kernel_grad=True):
+    assert run() == rewrites
 
 
 def test_cpu_and_xla_formulations_compute_the_same_resnet():

@@ -38,6 +38,14 @@ spots of XLA's CPU convolutions:
   stays: by im2col it took 1.1-2x (per chunk) to 5x (whole batch) as long,
   by space-to-depth 3-4x.
 
+The kernel-gradient figures above are for convolutions run by YNNPACK,
+jax 0.10's CPU default. Importing eo_jax hands CPU convolutions to XLA's
+own code instead (`eo_jax.backend.configure_xla_cpu`), whose kernel
+gradients beat both matmul forms (stem forward + kernel gradient 354 ms vs
+421 ms by chunks, 767 ms per tap, PyTorch 467 ms: `python -m
+benchmarks.stem_conv`), so the CPU formulation keeps the matmul kernel
+gradient only where convolutions still run on YNNPACK.
+
 Whether these formulations (and `MaxPool`'s, below) are used is decided in
 one place, `eo_jax.backend.formulations()`: on by default on a CPU backend,
 off (XLA's own ops) on GPU and TPU. A module attribute set explicitly

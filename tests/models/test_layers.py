@@ -257,7 +257,12 @@ def test_matmul_kernel_grad_forward_mode_and_kernel_only():
   np.testing.assert_allclose(g, g_ref, atol=1e-4, rtol=1e-5)
 
 
+_YNN_CONVS = "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
+
+
 def test_override_formulations_applies_while_tracing(monkeypatch):
+  # The CPU formulation where convolutions run on YNNPACK (all rewrites).
+  monkeypatch.setenv("XLA_FLAGS", _YNN_CONVS)
   calls = []
   for fn in ("conv_im2col", "conv_matmul_kernel_grad"):
     original = getattr(layers, fn)
@@ -428,6 +433,9 @@ def test_im2col_kernel_grad_forward_mode_and_no_input_gradient():
 
 
 def test_cpu_rule_picks_im2col_kernel_grad_where_intended(monkeypatch):
+  # The rule is for convolutions on YNNPACK; with XLA's own (eo_jax's CPU
+  # default) the kernel gradients are XLA's, checked at the end.
+  monkeypatch.setenv("XLA_FLAGS", _YNN_CONVS)
   used = _im2col_forms_used(monkeypatch)
   assert backend.cpu_formulations().im2col_kernel_grad_max_channels == 128
   assert backend.xla_formulations().im2col_kernel_grad_max_channels == 0
@@ -461,6 +469,9 @@ def test_cpu_rule_picks_im2col_kernel_grad_where_intended(monkeypatch):
     assert forms(stem, 12, 13) == ["taps"]
   with backend.use_formulations("xla"):
     assert forms(stem, 12, 13) == []
+  monkeypatch.setenv("XLA_FLAGS", backend.CPU_XLA_FLAGS)
+  with backend.use_formulations("cpu"):
+    assert forms(stem, 12, 13) == [] and forms(conv3, 6, 128) == []
   with pytest.raises(ValueError, match="im2col_kernel_grad_max_channels"):
     with layers.override_formulations(im2col_kernel_grad_max_channels=-1):
       pass
