@@ -36,3 +36,16 @@ def test_resnet_twins_have_the_same_parameter_count(model_name, expected):
   # bands / 1000 classes, + 7*7*10*64 stem weights, - 512*990 + 990 head
   # weights = 11,213,002. Both twins must be exactly that network.
   assert jax_params == torch_params == expected
+
+
+def test_cpu_matmul_products_are_the_vit_steps_and_agree_with_torch():
+  from benchmarks import cpu_matmul  # pylint: disable=g-import-not-at-top
+  rows = cpu_matmul.measure(batch=1, rounds=1)
+  by_name = {row["name"]: row for row in rows}
+  # 65 rows (one image's tokens): the FLOPs of each product by hand.
+  assert by_name["fc1 forward"]["flop"] == 2 * 65 * 384 * 1536
+  assert by_name["fc1 kernel grad"]["flop"] == 2 * 65 * 384 * 1536
+  assert by_name["fc1 input grad"]["flop"] == 2 * 65 * 1536 * 384
+  assert by_name["q/k/v/out kernel grad"]["flop"] == 2 * 65 * 384 * 384
+  for row in rows:  # XLA and torch computed the same product
+    assert row["rel_diff"] < 1e-5, row
