@@ -267,3 +267,9 @@ def test_tfds_source(tfds_dir, variant):
 def test_tfds_missing_is_reported(tmp_path):
   with pytest.raises(MissingDataError, match="config.data.path"):
     eurosat.eurosat(path=str(tmp_path), source="tfds")
+
+
+def test_unknown_source_is_a_config_error_naming_the_choices(tmp_path):
+  from eo_jax import errors  # pylint: disable=g-import-not-at-top
+  with pytest.raises(errors.ConfigValueError, match="'files'.*'tfds'.*'hdf5'"):
+    eurosat.eurosat(path=str(tmp_path), source="hdf5")

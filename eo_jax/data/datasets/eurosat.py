@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from eo_jax import errors
 from eo_jax.data import bands as bands_lib
 from eo_jax.data.datasets import tfds_source
 from eo_jax.data.datasets.base import (CLASSIFICATION, DATASETS, Dataset,
@@ -218,8 +219,9 @@ def eurosat(path: str | None = None, variant: str = "rgb",
     raise ValueError(f"config.data.variant must be 'rgb' or 'all', got "
                      f"{variant!r}.")
   if source not in ("files", "tfds"):
-    raise ValueError(f"config.data.source must be 'files' or 'tfds', got "
-                     f"{source!r}.")
+    raise errors.ConfigValueError(
+        f"config.data.source must be 'files' (the published layout) or "
+        f"'tfds' (prepared TFDS data), got {source!r}.")
   if len(split_fractions) != 3:
     raise ValueError("config.data.split_fractions needs 3 numbers (train, val, "
                      f"test), got {tuple(split_fractions)}.")
