@@ -202,7 +202,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   while step < total_steps and not stopper.should_stop:
     if interrupt.requested:
       _raise_if_not_finite(pending_losses, has_checkpoint())
-      save(state)
+      # A periodic save may have written this very step just before.
+      if step not in checkpointer.all_steps():
+        save(state)
       raise TrainingInterrupted(
           f"Interrupted at step {step} of {total_steps}; the checkpoint is in "
           f"{checkpointer.directory}. Run the same command to resume.")
