@@ -1,7 +1,7 @@
 """configs/seg_whu.py and configs/seg_eolearn.py end to end: a segmentation
 run on WHU-OHS files in the published layout, resumed after a crash, then
 whole-tile prediction with `python -m eo_jax.predict`; a decoder on an
-encoder taken from another run."""
+encoder taken from another run (trained too in the `slow` variant)."""
 import json
 import os
 import subprocess
@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import tifffile
 
+import eo_jax
 from eo_jax import config as config_lib
 from eo_jax.data.datasets import MissingDataError
 from eo_jax.train import trainer
 from test_configs_dino import GEO, write_whu_ohs
-from tiny import Crash, crash_at, final_params
+from tiny import Crash, crash_at, final_params, flat_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,19 +80,43 @@ def test_seg_whu_without_data_says_where_to_get_it(tmp_path):
     trainer.train_and_evaluate(_config("seg_whu", ""), str(tmp_path))
 
 
-def test_a_decoder_on_an_encoder_from_another_run(tmp_path):
-  # A supervised segmentation run's backbone becomes a frozen encoder for a
-  # new decoder: the backbone's weights are copied and stay fixed.
-  first = tmp_path / "first"
-  trainer.train_and_evaluate(_config("seg_eolearn", "runlocal=True,backbone=resnet"),
-                             str(first))
+def _decoder_on_encoder_of(first):
+  """seg_eolearn's `init=`: a conv decoder on the frozen backbone of the run
+  in `first`."""
   second = _config("seg_eolearn", f"runlocal=True,init={first},decoder=conv")
   assert second.init_from.source_prefix == "backbone"
   assert second.model.freeze_backbone and second.optim.frozen == ("^backbone/",)
-  trainer.train_and_evaluate(second, str(tmp_path / "second"))
-  a, b = final_params(str(first)), final_params(str(tmp_path / "second"))
-  copied = [k for k in b if k.startswith("backbone/")]
+  return second
+
+
+def _assert_backbone_copied(first, params):
+  a = final_params(str(first))
+  copied = [k for k in params if k.startswith("backbone/")]
   assert copied
   for key in copied:
-    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    np.testing.assert_array_equal(a[key], params[key], err_msg=key)
+
+
+def test_a_decoder_starts_on_an_encoder_from_another_run(tmp_path):
+  # A supervised segmentation run's backbone becomes a frozen encoder for a
+  # new decoder: the step-0 state the trainer would start from (build_run
+  # goes through the same create_train_state) holds the backbone's weights.
+  # Frozen parameters staying fixed in training is checked by
+  # tests/test_configs_mae.py and tests/test_configs_transfer.py; the slow
+  # test below trains this decoder too.
+  first = tmp_path / "first"
+  trainer.train_and_evaluate(_config("seg_eolearn", "runlocal=True,backbone=resnet"),
+                             str(first))
+  run = eo_jax.build_run(_decoder_on_encoder_of(first))
+  _assert_backbone_copied(first, flat_params(run.state.params))
+
+
+@pytest.mark.slow
+def test_a_decoder_on_an_encoder_from_another_run(tmp_path):
+  # ... and the backbone's weights stay fixed while the decoder trains.
+  first = tmp_path / "first"
+  trainer.train_and_evaluate(_config("seg_eolearn", "runlocal=True,backbone=resnet"),
+                             str(first))
+  trainer.train_and_evaluate(_decoder_on_encoder_of(first), str(tmp_path / "second"))
+  _assert_backbone_copied(first, final_params(str(tmp_path / "second")))
   assert json.loads((tmp_path / "second" / "results.json").read_text())["step"] == 4

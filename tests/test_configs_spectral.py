@@ -2,10 +2,13 @@
 
 configs/mae_spectral.py and configs/dino_spectral.py (runlocal: synthetic
 16-band data, a tiny factorized spectral ViT) and a supervised tiny run
-with a 'joint' spectral ViT each train through the trainer, are
-interrupted by a simulated crash after their step-2 checkpoint, and resume:
-the resumed run must end with exactly the parameters (and DINO's teacher)
-of an uninterrupted one.
+with a 'joint' spectral ViT each train through the trainer. The `slow`
+variants also interrupt each run by a simulated crash after its step-2
+checkpoint and resume it: the resumed run must end with exactly the
+parameters (and DINO's teacher) of an uninterrupted one. The default run
+checks bit-exact resumption once per objective elsewhere
+(tests/train/test_trainer.py, tests/test_configs_mae.py,
+tests/test_configs_dino.py); here two more runs would only repeat it.
 """
 import os
 
@@ -41,14 +44,22 @@ def _final_state(box, last_step, crash_at=None):
   return hook
 
 
+def _train(config, workdir, steps):
+  """Trains `config` straight in `workdir`; returns its results and final
+  state."""
+  state = {}
+  results = trainer.train_and_evaluate(config, str(workdir),
+                                       hooks=[_final_state(state, steps)])
+  assert results["step"] == steps
+  return results, state
+
+
 def _assert_resumes_exactly(config, tmp_path, steps, crash_at=3):
   """Trains `config` straight and with a crash at `crash_at` then a resume;
   returns the straight run's results and final state."""
   config.train.checkpoint_every_steps = 2
-  straight, resumed = {}, {}
-  results = trainer.train_and_evaluate(config, str(tmp_path / "a"),
-                                       hooks=[_final_state(straight, steps)])
-  assert results["step"] == steps
+  results, straight = _train(config, tmp_path / "a", steps)
+  resumed = {}
   with pytest.raises(Crash):
     trainer.train_and_evaluate(config, str(tmp_path / "b"),
                                hooks=[_final_state({}, steps, crash_at)])
@@ -126,69 +137,116 @@ def test_dino_whu_model_variant():
 # ------------------------------------------------- training and resuming
 
 
-def test_supervised_joint_spectral_vit_trains_and_resumes(tmp_path):
+def _joint_spectral_config():
   config = tiny_config(**{"train.steps": 6, "train.eval_every_steps": 3})
   config.unlock()
   config.model = ml_collections.ConfigDict(dict(
       name="spectral_vit", variant="Ti/4", width=32, depth=1, num_heads=2,
       mlp_dim=64, mode="joint", group_size=2))
-  results, _ = _assert_resumes_exactly(config, tmp_path, 6)
+  return config
+
+
+def test_supervised_joint_spectral_vit_trains(tmp_path):
+  results, state = _train(_joint_spectral_config(), tmp_path, 6)
+  assert np.isfinite(results["test"]["loss"])
+  assert "head" in state["params"]
+
+
+@pytest.mark.slow
+def test_supervised_joint_spectral_vit_resumes_exactly(tmp_path):
+  results, _ = _assert_resumes_exactly(_joint_spectral_config(), tmp_path, 6)
   assert np.isfinite(results["test"]["loss"])
 
 
-def test_mae_spectral_runlocal_trains_and_resumes(tmp_path):
+def _mae_spectral_config():
   # Factorized with whole band groups hidden: the encoder's mask token route.
-  config = load_config("mae_spectral.py", "runlocal=True,masking=groups")
-  results, state = _assert_resumes_exactly(config, tmp_path, 6)
+  return load_config("mae_spectral.py", "runlocal=True,masking=groups")
+
+
+@pytest.fixture(scope="module")
+def mae_spectral_run(tmp_path_factory):
+  """A straight runlocal MAE run on 16 bands: (workdir, results, final state)."""
+  workdir = tmp_path_factory.mktemp("mae_spectral")
+  return (workdir, *_train(_mae_spectral_config(), workdir, 6))
+
+
+def test_mae_spectral_runlocal_trains(mae_spectral_run):
+  workdir, results, state = mae_spectral_run
   assert "mask_token" in state["params"]["encoder"]
   assert np.isfinite(results["val"]["loss"])
-  assert (tmp_path / "a" / "reconstruction.png").stat().st_size > 0
+  assert (workdir / "reconstruction.png").stat().st_size > 0
 
 
-def test_dino_spectral_runlocal_trains_and_resumes(tmp_path):
-  config = load_config("dino_spectral.py", "runlocal=True")
-  results, state = _assert_resumes_exactly(config, tmp_path, 6)
+@pytest.mark.slow
+def test_mae_spectral_runlocal_resumes_exactly(tmp_path):
+  results, state = _assert_resumes_exactly(_mae_spectral_config(), tmp_path, 6)
+  assert "mask_token" in state["params"]["encoder"]
+  assert np.isfinite(results["val"]["loss"])
+
+
+def _assert_dino_spectral_run(workdir, results, state):
   assert set(results) >= {"val", "probe"}
   for name in ("attention.png", "patch_pca.png"):
-    assert (tmp_path / "a" / name).stat().st_size > 0, name
+    assert (workdir / name).stat().st_size > 0, name
   student, teacher = state["params"]["student"], state["extra"]["teacher"]
   kernel = lambda t: t["backbone"]["spatial_0"]["mlp"]["fc1"]["kernel"]
   assert not np.array_equal(kernel(student), kernel(teacher))
 
 
-def test_wavelength_embedding_loads_onto_another_sensors_bands(tmp_path):
+def test_dino_spectral_runlocal_trains(tmp_path):
+  config = load_config("dino_spectral.py", "runlocal=True")
+  _assert_dino_spectral_run(tmp_path, *_train(config, tmp_path, 6))
+
+
+@pytest.mark.slow
+def test_dino_spectral_runlocal_resumes_exactly(tmp_path):
+  config = load_config("dino_spectral.py", "runlocal=True")
+  _assert_dino_spectral_run(tmp_path / "a",
+                            *_assert_resumes_exactly(config, tmp_path, 6))
+
+
+def _zero_variables(objective, image):
+  """The objective's (params, model_state), all zeros: load_init_from needs
+  only their shapes, an eager init compiles a ViT op by op, and a parameter
+  left unloaded stays visibly zero."""
+  shapes = jax.eval_shape(lambda: (lambda v: (v.params, v.model_state))(
+      objective.init(jax.random.key(0), {"image": image})))
+  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+
+
+def test_wavelength_embedding_loads_onto_another_sensors_bands(mae_spectral_run):
   """An MAE encoder trained on 16 bands initialises a run on 7 other bands
   (config.init_from skips the band check for a band-agnostic backbone),
   every encoder parameter unchanged; a plain ViT is refused."""
-  source = load_config("mae_spectral.py", "runlocal=True")
-  trainer.train_and_evaluate(source, str(tmp_path / "source"))
-  trained = final_params(str(tmp_path / "source"))
+  source_dir = mae_spectral_run[0]
+  source = _mae_spectral_config()
+  trained = final_params(str(source_dir))
 
   config = load_config("mae_spectral.py", "runlocal=True")
   config.data.num_bands = 7
-  config.init_from.workdir = str(tmp_path / "source")
+  config.init_from.workdir = str(source_dir)
   config.init_from.source_prefix = config.init_from.target_prefix = "encoder"
   info = build_dataset(config.data).info
   assert [b.wavelength_nm for b in info.bands] != [
       b.wavelength_nm for b in build_dataset(source.data).info.bands][:7]
   objective = OBJECTIVES.get("mae")(config, info, run_length=(4, 6))
   image = np.zeros((2, 16, 16, 7), np.float32)
-  variables = objective.init(jax.random.key(0), {"image": image})
-  params, _ = load_init_from(config.init_from, info, variables.params,
-                             variables.model_state, objective.backbones())
+  params, _ = load_init_from(config.init_from, info,
+                             *_zero_variables(objective, image),
+                             objective.backbones())
   loaded = {f"encoder/{k}": v for k, v in flat_params(params["encoder"]).items()}
   assert loaded and set(loaded) <= set(trained)
   for key, value in loaded.items():
     np.testing.assert_array_equal(value, trained[key], err_msg=key)
   # The 7-band model runs with the 16-band weights.
-  pooled = objective.embed(TrainState(step=0, params=params, model_state={},
-                                      opt_state=None, extra={}), image + 1.0)
+  pooled = jax.jit(objective.embed)(
+      TrainState(step=0, params=params, model_state={}, opt_state=None,
+                 extra={}), image + 1.0)
   assert pooled.shape == (2, 32) and np.isfinite(np.asarray(pooled)).all()
 
   # Group embeddings ('group') depend on the bands: the check stays.
   config.model.embed = "group"
   objective = OBJECTIVES.get("mae")(config, info, run_length=(4, 6))
-  variables = objective.init(jax.random.key(0), {"image": image})
   with pytest.raises(ValueError, match="band mismatch"):
-    load_init_from(config.init_from, info, variables.params,
-                   variables.model_state, objective.backbones())
+    load_init_from(config.init_from, info, *_zero_variables(objective, image),
+                   objective.backbones())
